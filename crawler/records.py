@@ -1,0 +1,266 @@
+"""The record contract between capcrawl's stages: columns, statuses, Arrow schemas.
+
+Every column or status that crosses a stage boundary is declared here and
+nowhere else. This module imports nothing of the stages (no Scrapy, no torch),
+so ``filter/`` and ``shards/`` can import it without pulling in the crawler.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+#: Bumped whenever a column is added, removed or changes meaning.
+SCHEMA_VERSION = 1
+
+
+class Status(str, enum.Enum):
+    """Why an image URL ended the way it did. ``http_NNN`` is built by :func:`http_status`."""
+
+    OK = "ok"
+    ROBOTS = "robots"  # robots.txt disallows the URL (never requested)
+    NOAI = "noai"  # noai / noimageai in meta robots or X-Robots-Tag
+    OFFSITE = "offsite"  # outside the crawl scope
+    PRIVATE_ADDRESS = "private_address"  # host resolves to a private/loopback/reserved address
+    TIMEOUT = "timeout"
+    DNS_ERROR = "dns_error"
+    CONNECTION_ERROR = "connection_error"
+    NOT_AN_IMAGE = "not_an_image"
+    CORRUPT = "corrupt"
+    TOO_SMALL = "too_small"
+    TOO_LARGE = "too_large"  # body over --max-image-bytes (cut while streaming)
+    DECOMPRESSION_BOMB = "decompression_bomb"  # more pixels than --max-pixels
+    BAD_URL = "bad_url"  # not an http(s) URL, or unparsable
+    BLOCKED = "blocked"  # on the takedown blocklist
+    DOWNLOAD_ERROR = "download_error"  # any other transport failure (see ``error``)
+    IGNORED = "ignored"  # refused by a downloader component (e.g. redirect limit)
+
+    def __str__(self) -> str:  # so f"{Status.OK}" == "ok"
+        return self.value
+
+
+_HTTP_RE = re.compile(r"^http_\d{3}$")
+
+
+def http_status(code: int) -> str:
+    """Status string for a non-2xx HTTP answer, e.g. ``http_404``."""
+    return f"http_{int(code):03d}"
+
+
+def is_status(value: str) -> bool:
+    """True for a member of :class:`Status` or an ``http_NNN`` string."""
+    return value in Status._value2member_map_ or bool(_HTTP_RE.match(value))
+
+
+class PageStatus(str, enum.Enum):
+    """How a page URL ended (counted under ``pages/`` in crawl stats; pages are not rows)."""
+
+    OK = "ok"
+    ROBOTS = "robots"
+    NOAI = "noai"  # page fetched, its images excluded by meta robots / X-Robots-Tag
+    OFFSITE = "offsite"
+    PRIVATE_ADDRESS = "private_address"
+    MAX_DEPTH = "max_depth"
+    MAX_PAGES = "max_pages"
+    NOT_HTML = "not_html"
+    TIMEOUT = "timeout"
+    DNS_ERROR = "dns_error"
+    CONNECTION_ERROR = "connection_error"
+    TOO_LARGE = "too_large"
+    DOWNLOAD_ERROR = "download_error"
+    IGNORED = "ignored"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class CaptionSource(str, enum.Enum):
+    """Where a sample's caption came from."""
+
+    ALT = "alt"
+    FIGCAPTION = "figcaption"
+    TITLE = "title"  # the <img title> attribute
+    CAPTION_IN = "caption_in"  # caption column of a URL list
+    PAGE_CONTEXT = "page_context"
+    PAGE_TITLE = "page_title"
+    FILENAME = "filename"
+    LABEL = "label"  # --label-bank phrase
+    GENERATED = "generated"  # CoCa model.generate
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class FilterReason(str, enum.Enum):
+    """Why the filter stage set ``kept=false``."""
+
+    BELOW_THRESHOLD = "below_threshold"  # best caption scored under --threshold
+    NO_CANDIDATE = "no_candidate"  # no text at all to score against
+    DECODE_ERROR = "decode_error"  # stored image bytes could not be decoded
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class DropReason(str, enum.Enum):
+    """Why the shards stage left a kept sample out of the shards."""
+
+    DUPLICATE_SHA256 = "duplicate_sha256"
+    NEAR_DUPLICATE = "near_duplicate"
+    SEMANTIC_DUPLICATE = "semantic_duplicate"
+    BLOCKLISTED = "blocklisted"
+    NO_CAPTION = "no_caption"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+# --- crawl records -----------------------------------------------------------------
+
+_TS = pa.timestamp("ms", tz="UTC")
+
+CRAWL_FIELDS: list[pa.Field] = [
+    pa.field("url", pa.string(), nullable=False),
+    pa.field("final_url", pa.string()),
+    pa.field("page_url", pa.string()),
+    pa.field("page_title", pa.string()),
+    pa.field("alt", pa.string()),
+    pa.field("title_attr", pa.string()),
+    pa.field("figcaption", pa.string()),
+    pa.field("context", pa.string()),
+    pa.field("caption_in", pa.string()),
+    pa.field("license", pa.string()),
+    pa.field("license_url", pa.string()),
+    pa.field("license_source", pa.string()),
+    pa.field("rights", pa.string()),  # copyright notice embedded in the file (IPTC/XMP/EXIF)
+    pa.field("rights_url", pa.string()),  # XMP xmpRights:WebStatement
+    pa.field("status", pa.string(), nullable=False),
+    pa.field("error", pa.string()),
+    pa.field("image", pa.binary()),
+    pa.field("image_format", pa.string()),
+    pa.field("width", pa.int32()),
+    pa.field("height", pa.int32()),
+    pa.field("original_width", pa.int32()),
+    pa.field("original_height", pa.int32()),
+    pa.field("sha256", pa.string()),
+    pa.field("phash", pa.string()),
+    pa.field("fetched_at", _TS),
+]
+CRAWL_SCHEMA = pa.schema(CRAWL_FIELDS, metadata={b"capcrawl_schema_version": str(SCHEMA_VERSION).encode()})
+
+SCORED_EXTRA_FIELDS: list[pa.Field] = [
+    pa.field("caption", pa.string()),
+    pa.field("caption_source", pa.string()),
+    pa.field("clip_score", pa.float32()),
+    pa.field("alt_score", pa.float32()),
+    pa.field("kept", pa.bool_(), nullable=False),
+    pa.field("filter_reason", pa.string()),
+]
+SCORED_SCHEMA = pa.schema(
+    CRAWL_FIELDS + SCORED_EXTRA_FIELDS,
+    metadata={b"capcrawl_schema_version": str(SCHEMA_VERSION).encode()},
+)
+
+#: Columns of a shard sample's ``.json`` and of the shard ``.parquet``: every scored
+#: column but the image bytes, plus ``key``.
+SAMPLE_FIELDS: list[pa.Field] = [pa.field("key", pa.string(), nullable=False)] + [
+    f for f in SCORED_SCHEMA if f.name != "image"
+]
+SAMPLE_SCHEMA = pa.schema(SAMPLE_FIELDS, metadata={b"capcrawl_schema_version": str(SCHEMA_VERSION).encode()})
+
+#: Column names, for code that must not spell them from memory.
+CRAWL_COLUMNS: tuple[str, ...] = tuple(CRAWL_SCHEMA.names)
+SCORED_COLUMNS: tuple[str, ...] = tuple(SCORED_SCHEMA.names)
+SAMPLE_COLUMNS: tuple[str, ...] = tuple(SAMPLE_SCHEMA.names)
+
+# --- file layout -------------------------------------------------------------------
+
+CRAWL_DIR = "crawl"
+SCORED_DIR = "scored"
+PART_GLOB = "part-*.parquet"
+STATS_FILE = "stats.json"
+
+
+def part_name(index: int) -> str:
+    """``part-00042.parquet``."""
+    return f"part-{index:05d}.parquet"
+
+
+def emb_name(part: str | Path) -> str:
+    """Embedding file that sits beside a scored part: ``part-00042.parquet`` -> ``emb-00042.npy``."""
+    stem = Path(part).name.removesuffix(".parquet")
+    return "emb-" + stem.removeprefix("part-") + ".npy"
+
+
+def list_parts(directory: str | Path) -> list[Path]:
+    """Finished parts in a stage directory, in order (temporary files excluded)."""
+    d = Path(directory)
+    return sorted(p for p in d.glob(PART_GLOB) if p.is_file()) if d.is_dir() else []
+
+
+def empty_table(schema: pa.Schema) -> pa.Table:
+    return schema.empty_table()
+
+
+def table_from_rows(rows: list[dict], schema: pa.Schema) -> pa.Table:
+    """Build a table with exactly ``schema``'s columns; missing keys become null."""
+    cols = {name: [r.get(name) for r in rows] for name in schema.names}
+    return pa.Table.from_pydict(cols, schema=schema)
+
+
+def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """Reorder/cast ``table`` to ``schema``; absent nullable columns become nulls."""
+    arrays = []
+    for field in schema:
+        if field.name in table.column_names:
+            arrays.append(table.column(field.name).cast(field.type))
+        else:
+            arrays.append(pa.nulls(table.num_rows, field.type))
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def atomic_write_parquet(table: pa.Table, path: str | Path, **kwargs) -> Path:
+    """Write ``table`` to a temporary file beside ``path`` and rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        pq.write_table(table, tmp, compression=kwargs.pop("compression", "zstd"), **kwargs)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_bytes(data: bytes, path: str | Path) -> Path:
+    """Write bytes under a temporary name and rename (for json stats, npy files...)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def iter_parts(directory: str | Path, columns: list[str] | None = None) -> Iterator[tuple[Path, pa.Table]]:
+    """Yield ``(path, table)`` for each finished part of a stage directory."""
+    for p in list_parts(directory):
+        yield p, pq.read_table(p, columns=columns)
+
+
+class ConfigError(ValueError):
+    """A user-facing configuration problem; the CLI prints its message as one line and exits 2."""
