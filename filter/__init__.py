@@ -1,0 +1,1 @@
+"""The filter stage: CLIP scoring, caption filling, embeddings (see filter/stage.py)."""

@@ -1,0 +1,255 @@
+"""What the spider reads from an HTML page: images with their text, licences, links, opt-outs.
+
+Pure functions over a ``parsel.Selector``; no Scrapy objects, so they are tested directly.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from urllib.parse import urljoin, urldefrag, urlsplit
+
+from parsel import Selector
+
+from . import licenses
+
+CONTEXT_CHARS = 400
+_WS = re.compile(r"\s+")
+_BLOCKS = ("p", "div", "li", "td", "section", "article", "figure", "main", "body")
+OPT_OUT_DIRECTIVES = frozenset({"noai", "noimageai"})
+
+
+@dataclass
+class ImageRef:
+    """One image found on a page, with the text around it."""
+
+    url: str
+    alt: str | None = None  # None: no alt attribute; "": empty alt
+    title_attr: str | None = None
+    figcaption: str | None = None
+    context: str | None = None
+    license: str | None = None
+    license_url: str | None = None
+    license_source: str | None = None
+
+
+@dataclass
+class PageInfo:
+    title: str | None = None
+    opt_out: str | None = None  # the directive that opted the page's images out, if any
+    license: str | None = None
+    license_url: str | None = None
+    license_source: str | None = None
+    images: list[ImageRef] = field(default_factory=list)
+    links: list[str] = field(default_factory=list)
+    data_uris: int = 0  # inline data: images seen (never samples)
+
+
+def clean_text(text: str | None, limit: int | None = None) -> str | None:
+    """Collapse whitespace; None for empty results."""
+    if text is None:
+        return None
+    t = _WS.sub(" ", text).strip()
+    if limit and len(t) > limit:
+        t = t[:limit].rsplit(" ", 1)[0]
+    return t or None
+
+
+def robots_directives(value: str | None) -> set[str]:
+    """Lower-cased directives of a robots meta content or X-Robots-Tag value.
+
+    ``X-Robots-Tag: otherbot: noai`` style prefixes are kept as-is and do not match.
+    """
+    if not value:
+        return set()
+    return {d.strip().lower() for d in re.split(r"[,\s]+", value) if d.strip()}
+
+
+def opt_out_in(values: list[str]) -> str | None:
+    """The first noai/noimageai directive in any of ``values``."""
+    for v in values:
+        hit = robots_directives(v) & OPT_OUT_DIRECTIVES
+        if hit:
+            return sorted(hit)[0]
+    return None
+
+
+def parse_srcset(srcset: str | None) -> list[tuple[str, float]]:
+    """``[(url, size)]`` from a srcset; width descriptors count as-is, density ``2x`` as 2."""
+    out: list[tuple[str, float]] = []
+    if not srcset:
+        return out
+    # Candidates are comma-separated, but URLs may contain commas: split on ", " boundaries.
+    for cand in re.split(r",\s+|,(?=\S+\s+\d)", srcset.strip()):
+        parts = cand.strip().split()
+        if not parts:
+            continue
+        url, size = parts[0].rstrip(","), 1.0
+        if len(parts) > 1:
+            d = parts[1]
+            try:
+                size = float(d[:-1]) if d[-1] in "wx" else float(d)
+            except (ValueError, IndexError):
+                size = 1.0
+        out.append((url, size))
+    return out
+
+
+def largest_candidate(*srcsets: str | None) -> str | None:
+    cands = [c for s in srcsets for c in parse_srcset(s)]
+    if not cands:
+        return None
+    return max(cands, key=lambda c: c[1])[0]
+
+
+def _has_rel(token: str) -> str:
+    return f"contains(concat(' ', normalize-space(translate(@rel, 'LICENS', 'licens')), ' '), ' {token} ')"
+
+
+def _ancestor_text(img: Selector) -> str | None:
+    """Text of the nearest enclosing block with enough words, cut to CONTEXT_CHARS."""
+    for tag in _BLOCKS:
+        anc = img.xpath(f"ancestor::{tag}[1]")
+        if anc:
+            text = clean_text(" ".join(anc[0].xpath(".//text()[not(ancestor::script) and not(ancestor::style)]").getall()))
+            if text and len(text) >= 20:
+                return clean_text(text, CONTEXT_CHARS)
+    return None
+
+
+def _figure_license(img: Selector, base: str) -> tuple[str | None, str | None]:
+    href = img.xpath(f"ancestor::figure[1]//a[{_has_rel('license')}]/@href").get()
+    if not href:
+        return None, None
+    url = urljoin(base, href.strip())
+    return licenses.spdx_from_url(url), url
+
+
+def _structured_image_licenses(sel: Selector, base: str) -> dict[str, tuple[str | None, str | None, str]]:
+    """Image URL -> (spdx, license url, source) from JSON-LD and microdata ImageObjects."""
+    found: dict[str, tuple[str | None, str | None, str]] = {}
+
+    def visit(node: object) -> None:
+        if isinstance(node, list):
+            for n in node:
+                visit(n)
+        elif isinstance(node, dict):
+            types = node.get("@type")
+            types = types if isinstance(types, list) else [types]
+            if "ImageObject" in types and node.get("license"):
+                lic = node["license"]
+                lic = lic.get("url") or lic.get("@id") if isinstance(lic, dict) else lic
+                spdx, lurl = licenses.normalise(str(lic))
+                for key in ("contentUrl", "url"):
+                    if isinstance(node.get(key), str):
+                        found[urljoin(base, node[key])] = (spdx, lurl, "json-ld")
+            for v in node.values():
+                visit(v)
+
+    for raw in sel.xpath("//script[@type='application/ld+json']/text()").getall():
+        try:
+            visit(json.loads(raw))
+        except ValueError:
+            continue
+    for item in sel.xpath("//*[@itemscope][contains(@itemtype, 'ImageObject')]"):
+        lic = item.xpath(".//*[@itemprop='license']/@href | .//*[@itemprop='license']/@content").get()
+        if not lic:
+            continue
+        spdx, lurl = licenses.normalise(urljoin(base, lic) if lic.startswith(("/", "http")) else lic)
+        for u in item.xpath(
+            ".//*[@itemprop='contentUrl']/@src | .//*[@itemprop='contentUrl']/@href"
+            " | .//*[@itemprop='contentUrl']/@content | .//img[@itemprop='image']/@src"
+        ).getall():
+            found[urljoin(base, u.strip())] = (spdx, lurl, "microdata")
+    return found
+
+
+def _image_url(img: Selector) -> str | None:
+    """Best URL of an <img>: largest srcset candidate (its <picture> sources included), lazy attributes, src."""
+    srcsets = [img.attrib.get("srcset"), img.attrib.get("data-srcset")]
+    srcsets += img.xpath("ancestor::picture[1]//source/@srcset | ancestor::picture[1]//source/@data-srcset").getall()
+    best = largest_candidate(*srcsets)
+    if best and not best.startswith("data:"):
+        return best
+    for attr in ("data-src", "data-lazy-src", "data-original", "src"):
+        v = (img.attrib.get(attr) or "").strip()
+        if v and not v.startswith("data:"):
+            return v
+    return (img.attrib.get("src") or "").strip() or None
+
+
+def normalise_url(base: str, href: str) -> str | None:
+    """Absolute http(s) URL without fragment, or None."""
+    href = href.strip()
+    if not href or href.startswith(("javascript:", "mailto:", "tel:", "#")):
+        return None
+    url = urldefrag(urljoin(base, href))[0]
+    if urlsplit(url).scheme not in ("http", "https"):
+        return None
+    return url
+
+
+def extract_page(html: str | Selector, page_url: str, agent_token: str = "capcrawl") -> PageInfo:
+    """Read images, licences, links and noai/noimageai opt-outs from one HTML page."""
+    sel = html if isinstance(html, Selector) else Selector(text=html)
+    base = sel.xpath("//base/@href").get()
+    base = urljoin(page_url, base.strip()) if base else page_url
+    info = PageInfo(title=clean_text(sel.xpath("//title/text()").get()))
+
+    metas = sel.xpath(
+        "//meta[translate(@name, 'ROBTS', 'robts')='robots' or translate(@name, 'ABCDEFGHIJKLMNOPQRSTUVWXYZ', "
+        f"'abcdefghijklmnopqrstuvwxyz')='{agent_token.lower()}']/@content"
+    ).getall()
+    info.opt_out = opt_out_in(metas)
+
+    href = sel.xpath(f"//a[{_has_rel('license')}][not(ancestor::figure)]/@href").get()
+    source = "page:a-rel"
+    if not href:
+        href, source = sel.xpath(f"//link[{_has_rel('license')}]/@href").get(), "page:link-rel"
+    if href:
+        info.license_url = urljoin(base, href.strip())
+        info.license = licenses.spdx_from_url(info.license_url)
+        info.license_source = source
+
+    structured = _structured_image_licenses(sel, base)
+    for img in sel.xpath("//img"):
+        raw = _image_url(img)
+        if not raw or raw.startswith("data:"):
+            info.data_uris += 1 if raw else 0
+            continue
+        url = normalise_url(base, raw)
+        if not url:
+            continue
+        ref = ImageRef(
+            url=url,
+            alt=img.attrib.get("alt"),
+            title_attr=clean_text(img.attrib.get("title")),
+            figcaption=clean_text(" ".join(img.xpath("ancestor::figure[1]/figcaption//text()").getall())),
+            context=_ancestor_text(img),
+        )
+        if ref.alt is not None:
+            ref.alt = clean_text(ref.alt) or ""
+        lic, lurl = _figure_license(img, base)
+        if lurl:
+            ref.license, ref.license_url, ref.license_source = lic, lurl, "figure:a-rel"
+        elif url in structured:
+            ref.license, ref.license_url, ref.license_source = structured[url]
+        else:
+            ref.license, ref.license_url, ref.license_source = info.license, info.license_url, info.license_source
+        info.images.append(ref)
+
+    for og in sel.xpath("//meta[@property='og:image' or @name='og:image']/@content").getall():
+        url = normalise_url(base, og)
+        if url and all(url != i.url for i in info.images):
+            lic = structured.get(url, (info.license, info.license_url, info.license_source))
+            desc = clean_text(sel.xpath("//meta[@property='og:description']/@content").get(), CONTEXT_CHARS)
+            info.images.append(ImageRef(url=url, context=desc, license=lic[0], license_url=lic[1], license_source=lic[2]))
+
+    seen: set[str] = set()
+    for h in sel.xpath("//a/@href").getall():
+        url = normalise_url(base, h)
+        if url and url not in seen:
+            seen.add(url)
+            info.links.append(url)
+    return info

@@ -1,0 +1,61 @@
+"""Map download failures to capcrawl's named statuses."""
+
+from __future__ import annotations
+
+from scrapy.exceptions import (
+    CannotResolveHostError,
+    DownloadCancelledError,
+    DownloadConnectionRefusedError,
+    DownloadFailedError,
+    DownloadTimeoutError,
+    IgnoreRequest,
+    ResponseDataLossError,
+)
+from scrapy.spidermiddlewares.httperror import HttpError
+from twisted.internet import defer, error as txerror
+from twisted.python.failure import Failure
+from twisted.web._newclient import ResponseFailed, ResponseNeverReceived
+
+from .middlewares import PrivateAddressRefused, RobotsForbidden
+from .records import PageStatus, Status, http_status
+
+_TIMEOUTS = (DownloadTimeoutError, txerror.TimeoutError, txerror.TCPTimedOutError, defer.TimeoutError)
+_DNS = (CannotResolveHostError, txerror.DNSLookupError)
+_CONNECTION = (
+    DownloadConnectionRefusedError,
+    DownloadFailedError,
+    ResponseDataLossError,
+    txerror.ConnectionRefusedError,
+    txerror.ConnectionLost,
+    txerror.ConnectionDone,
+    ResponseFailed,
+    ResponseNeverReceived,
+)
+
+
+def failure_status(failure: Failure, page: bool) -> tuple[str, str] | None:
+    """``(status, error)`` for a failed request; None when it was cancelled by shutdown."""
+    exc = failure.value
+    text = f"{type(exc).__name__}: {exc}"[:500]
+    S = PageStatus if page else Status
+    if too_large := failure.request.meta.get("cc_too_large") if failure.request is not None else None:
+        return S.TOO_LARGE.value, too_large
+    if isinstance(exc, HttpError):
+        return http_status(exc.response.status), f"HTTP {exc.response.status}"
+    if isinstance(exc, RobotsForbidden):
+        return S.ROBOTS.value, "disallowed by robots.txt (not requested)"
+    if isinstance(exc, PrivateAddressRefused):
+        return S.PRIVATE_ADDRESS.value, str(exc)
+    if isinstance(exc, (DownloadCancelledError, defer.CancelledError)):
+        if "max size" in str(exc) or "maxsize" in str(exc) or "larger than" in str(exc):
+            return S.TOO_LARGE.value, str(exc)
+        return None
+    if isinstance(exc, _TIMEOUTS):
+        return S.TIMEOUT.value, text
+    if isinstance(exc, _DNS):
+        return S.DNS_ERROR.value, text
+    if isinstance(exc, _CONNECTION):
+        return S.CONNECTION_ERROR.value, text
+    if isinstance(exc, IgnoreRequest):
+        return S.IGNORED.value, text
+    return S.DOWNLOAD_ERROR.value, text

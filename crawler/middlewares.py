@@ -1,0 +1,162 @@
+"""Downloader middlewares: private-address refusal, robots.txt with a named status, Retry-After."""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import ipaddress
+import logging
+import socket
+import time
+from typing import Any
+
+from scrapy import Request, Spider
+from scrapy.crawler import Crawler
+from scrapy.downloadermiddlewares.retry import get_retry_request
+from scrapy.downloadermiddlewares.robotstxt import RobotsTxtMiddleware
+from scrapy.exceptions import IgnoreRequest, NotConfigured
+from scrapy.http import Response
+from scrapy.utils.httpobj import urlparse_cached
+
+log = logging.getLogger(__name__)
+
+
+class RobotsForbidden(IgnoreRequest):
+    """robots.txt disallows this URL for our user agent."""
+
+
+class PrivateAddressRefused(IgnoreRequest):
+    """The URL's host resolves to a private, loopback, link-local or reserved address."""
+
+
+def is_public_ip(ip: str) -> bool:
+    addr = ipaddress.ip_address(ip.split("%", 1)[0])
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:
+        addr = addr.ipv4_mapped
+    return addr.is_global and not addr.is_multicast
+
+
+class PrivateAddressMiddleware:
+    """Refuse requests (redirect targets included) whose host is not a public address.
+
+    Resolution runs in the event loop's resolver thread pool, never on the reactor
+    thread; results are cached per host for the run.
+    """
+
+    def __init__(self, crawler: Crawler):
+        if crawler.settings.getbool("CAPCRAWL_ALLOW_PRIVATE_ADDRESSES"):
+            raise NotConfigured
+        self.stats = crawler.stats
+        self._cache: dict[str, str | None] = {}  # host -> offending address or None
+
+    @classmethod
+    def from_crawler(cls, crawler: Crawler) -> "PrivateAddressMiddleware":
+        return cls(crawler)
+
+    async def process_request(self, request: Request, spider: Spider | None = None) -> None:
+        host = urlparse_cached(request).hostname
+        if not host:
+            return
+        if host not in self._cache:
+            self._cache[host] = await self._offending_address(host)
+        if bad := self._cache[host]:
+            self.stats.inc_value("capcrawl/private_address_refused")
+            raise PrivateAddressRefused(f"{host} resolves to non-public address {bad}")
+
+    async def _offending_address(self, host: str) -> str | None:
+        try:
+            return None if is_public_ip(host) else host
+        except ValueError:
+            pass  # a name, not a literal address
+        try:
+            infos = await asyncio.get_running_loop().getaddrinfo(host, None, type=socket.SOCK_STREAM)
+        except OSError:
+            return None  # unresolvable: the download itself reports dns_error
+        for info in infos:
+            ip = info[4][0]
+            if not is_public_ip(ip):
+                return ip
+        return None
+
+
+class RobotsMiddleware(RobotsTxtMiddleware):
+    """Scrapy's robots.txt middleware, raising :class:`RobotsForbidden` so it gets its own status.
+
+    It also fixes a race in Scrapy 2.19: requests that wait for a host's robots.txt while
+    it is being fetched all await one Deferred, and every waiter after the first receives
+    None ("no robots.txt") and is let through. Here waiters wait on their own future.
+    """
+
+    def __init__(self, crawler: Crawler):
+        super().__init__(crawler)
+        self._fetching: dict[str, asyncio.Future] = {}
+
+    async def robot_parser(self, request: Request) -> Any:
+        netloc = urlparse_cached(request).netloc
+        while netloc in self._fetching:
+            await asyncio.shield(self._fetching[netloc])
+        if netloc in self._parsers:
+            return await super().robot_parser(request)  # already parsed: returns it at once
+        done = asyncio.get_running_loop().create_future()
+        self._fetching[netloc] = done
+        try:
+            return await super().robot_parser(request)
+        finally:
+            del self._fetching[netloc]
+            done.set_result(None)
+
+    def process_request_2(self, rp: Any, request: Request) -> None:
+        try:
+            super().process_request_2(rp, request)
+        except IgnoreRequest as e:
+            raise RobotsForbidden(str(e)) from e
+
+
+def parse_retry_after(value: bytes | str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header (delta-seconds or an HTTP date)."""
+    if not value:
+        return None
+    text = value.decode("latin-1") if isinstance(value, bytes) else value
+    text = text.strip()
+    if text.isdigit():
+        return float(text)
+    try:
+        when = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - (now if now is not None else time.time()))
+
+
+class RetryAfterMiddleware:
+    """On 429/503, slow the whole host down (Retry-After or a doubling back-off) and retry, bounded."""
+
+    codes = (429, 503)
+
+    def __init__(self, crawler: Crawler):
+        self.crawler = crawler
+        self.max_wait = crawler.settings.getfloat("CAPCRAWL_MAX_RETRY_AFTER", 120.0)
+        self.max_retries = crawler.settings.getint("RETRY_TIMES", 2) + 1
+
+    @classmethod
+    def from_crawler(cls, crawler: Crawler) -> "RetryAfterMiddleware":
+        return cls(crawler)
+
+    def process_response(self, request: Request, response: Response, spider: Spider | None = None) -> Request | Response:
+        if response.status not in self.codes or request.meta.get("dont_retry"):
+            return response
+        tries = request.meta.get("retry_times", 0)
+        wait = parse_retry_after(response.headers.get(b"Retry-After"))
+        wait = min(self.max_wait, wait if wait is not None else 2.0 ** (tries + 1))
+        self._slow_down(request, wait)
+        self.crawler.stats.inc_value(f"capcrawl/backoff/{response.status}")
+        retry = get_retry_request(
+            request, spider=self.crawler.spider, reason=f"http_{response.status}", max_retry_times=self.max_retries
+        )
+        return retry or response
+
+    def _slow_down(self, request: Request, wait: float) -> None:
+        downloader = self.crawler.engine.downloader
+        slot = downloader.slots.get(downloader.get_slot_key(request))
+        if slot is not None:
+            slot.delay = max(slot.delay, wait)
+            log.info("%s answered with a back-off: waiting %.1fs between requests to its host", request.url, wait)

@@ -1,0 +1,196 @@
+"""Item pipeline: image work in a process pool, rows into rolling parquet parts, stats at the end."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures as cf
+import json
+import logging
+import multiprocessing
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+
+from .imageproc import ImageOptions, ImageResult, process_batch
+from .records import (
+    CRAWL_COLUMNS,
+    CRAWL_SCHEMA,
+    STATS_FILE,
+    SCHEMA_VERSION,
+    atomic_write_bytes,
+    atomic_write_parquet,
+    list_parts,
+    part_name,
+    table_from_rows,
+)
+
+log = logging.getLogger(__name__)
+
+PART_MAX_BYTES = 256 * 1024 * 1024
+_RESULT_FIELDS = tuple(ImageResult.__dataclass_fields__)
+
+
+class PartWriter:
+    """Buffers crawl rows and writes ``part-NNNNN.parquet`` files atomically, rolling on rows or bytes."""
+
+    def __init__(self, directory: Path, rows_per_part: int, max_bytes: int = PART_MAX_BYTES):
+        self.directory = directory
+        self.rows_per_part = rows_per_part
+        self.max_bytes = max_bytes
+        existing = list_parts(directory)
+        self.next_index = int(existing[-1].stem.split("-")[1]) + 1 if existing else 0
+        self.rows: list[dict[str, Any]] = []
+        self.nbytes = 0
+        self.written = 0
+
+    def add(self, row: dict[str, Any]) -> None:
+        self.rows.append(row)
+        self.nbytes += len(row.get("image") or b"") + 512
+        if len(self.rows) >= self.rows_per_part or self.nbytes >= self.max_bytes:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.rows:
+            return
+        table = table_from_rows(self.rows, CRAWL_SCHEMA)
+        path = atomic_write_parquet(table, self.directory / part_name(self.next_index))
+        log.debug("wrote %s (%d rows)", path, table.num_rows)
+        self.written += table.num_rows
+        self.next_index += 1
+        self.rows, self.nbytes = [], 0
+
+
+class PoolBatcher:
+    """Sends image work to a process pool in small batches and hands back one future per image."""
+
+    def __init__(self, executor: cf.Executor, opts: ImageOptions, batch_size: int = 8, max_wait: float = 0.004):
+        self.executor = executor
+        self.opts = opts
+        self.batch_size = batch_size
+        self.max_wait = max_wait
+        self.pending: list[tuple[bytes, str | None, asyncio.Future]] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self.in_flight: set[asyncio.Future] = set()
+
+    def submit(self, data: bytes, content_type: str | None) -> asyncio.Future:
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        self.pending.append((data, content_type, fut))
+        self.in_flight.add(fut)
+        fut.add_done_callback(self.in_flight.discard)
+        if len(self.pending) >= self.batch_size:
+            self.flush()
+        elif self._timer is None:
+            self._timer = loop.call_later(self.max_wait, self.flush)
+        return fut
+
+    def flush(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if not self.pending:
+            return
+        batch, self.pending = self.pending, []
+        loop = asyncio.get_running_loop()
+        done = self.executor.submit(process_batch, [(d, c) for d, c, _ in batch], self.opts)
+        done.add_done_callback(lambda f: loop.call_soon_threadsafe(_resolve, batch, f))
+
+
+def _resolve(batch: list[tuple[bytes, str | None, asyncio.Future]], done: cf.Future) -> None:
+    exc = done.exception()
+    results = None if exc else done.result()
+    for i, (_, _, fut) in enumerate(batch):
+        if fut.done():
+            continue
+        if exc is not None:
+            fut.set_exception(exc)
+        else:
+            fut.set_result(results[i])
+
+
+def _utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class ImagePipeline:
+    """Turns the spider's image items into crawl rows.
+
+    Items carry either downloaded ``body`` bytes (decoded, checked, resized and hashed in
+    worker processes) or a final ``status`` (robots, noai, http_404, ...).
+    """
+
+    def __init__(self, crawler):
+        self.crawler = crawler
+        self.stats = crawler.stats
+        self.executor: cf.ProcessPoolExecutor | None = None
+        self.batcher: PoolBatcher | None = None
+        self.writer: PartWriter | None = None
+
+    @classmethod
+    def from_crawler(cls, crawler) -> "ImagePipeline":
+        return cls(crawler)
+
+    def open_spider(self, spider=None) -> None:
+        spider = spider or self.crawler.spider
+        cfg = spider.config
+        workers = cfg.workers or max(1, os.cpu_count() or 1)
+        self.executor = cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+        self.batcher = PoolBatcher(self.executor, cfg.image_options())
+        self.writer = PartWriter(spider.crawl_dir, cfg.part_rows)
+
+    async def process_item(self, item: dict[str, Any], spider=None) -> dict[str, Any]:
+        body = item.pop("body", None)
+        row = {k: item.get(k) for k in CRAWL_COLUMNS if k in item}
+        if body is not None:
+            try:
+                result: ImageResult = await self.batcher.submit(body, item.get("content_type"))
+            except cf.process.BrokenProcessPool as e:
+                raise RuntimeError("the image worker pool died (out of memory?)") from e
+            for name in _RESULT_FIELDS:
+                value = getattr(result, name)
+                if value is not None:
+                    row[name] = value
+        row.setdefault("fetched_at", _utcnow())
+        self.stats.inc_value(f"capcrawl/images/{row['status']}")
+        self.writer.add(row)
+        return {"url": row["url"], "status": row["status"]}
+
+    async def close_spider(self, spider=None) -> None:
+        spider = spider or self.crawler.spider
+        if self.batcher is not None:
+            self.batcher.flush()
+            if self.batcher.in_flight:
+                await asyncio.gather(*self.batcher.in_flight, return_exceptions=True)
+        if self.writer is not None:
+            self.writer.flush()
+        if self.executor is not None:
+            self.executor.shutdown(wait=True, cancel_futures=True)
+
+
+def count_statuses(crawl_dir: Path) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for part in list_parts(crawl_dir):
+        for s in pq.read_table(part, columns=["status"]).column("status").to_pylist():
+            counts[s] = counts.get(s, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def write_crawl_stats(spider, finish_reason: str | None = None) -> dict[str, Any]:
+    """WORK/crawl/stats.json, recomputed from the parts and the page journal (so resumes add up)."""
+    images = count_statuses(spider.crawl_dir)
+    stats = {
+        "schema_version": SCHEMA_VERSION,
+        "mode": spider.config.mode,
+        "images": images,
+        "images_total": sum(images.values()),
+        "pages": spider.page_status_counts(),
+        "skipped": dict(sorted(spider.skipped.items())),
+        "pending": spider.pending_count(),
+        "finish_reason": finish_reason,
+        "updated_at": _utcnow().isoformat(),
+    }
+    atomic_write_bytes(json.dumps(stats, indent=2).encode() + b"\n", spider.crawl_dir / STATS_FILE)
+    return stats

@@ -1,0 +1,52 @@
+"""Scrapy settings for capcrawl (``scrapy crawl images`` and ``capcrawl crawl`` both use these).
+
+capcrawl's own options live in :class:`crawler.config.CrawlConfig`; the CLI turns them
+into the overrides returned by ``CrawlConfig.scrapy_settings()``.
+"""
+
+BOT_NAME = "capcrawl"
+SPIDER_MODULES = ["crawler.spiders"]
+NEWSPIDER_MODULE = "crawler.spiders"
+
+# A real, honest user agent; never a browser's.
+USER_AGENT = "capcrawl/0.1 (+https://github.com/capcrawl/capcrawl; image-caption dataset builder)"
+ROBOTSTXT_OBEY = True
+
+CONCURRENT_REQUESTS = 64
+CONCURRENT_REQUESTS_PER_DOMAIN = 8
+DOWNLOAD_DELAY = 0
+DOWNLOAD_TIMEOUT = 20
+DOWNLOAD_MAXSIZE = 10 * 1024 * 1024  # pages; images get their own cap per request
+DOWNLOAD_WARNSIZE = 0
+REDIRECT_MAX_TIMES = 5
+RETRY_ENABLED = True
+RETRY_TIMES = 2
+# 429 and 503 are handled by RetryAfterMiddleware, which honours Retry-After per host.
+RETRY_HTTP_CODES = [500, 502, 504, 522, 524, 408]
+COOKIES_ENABLED = False
+TELNETCONSOLE_ENABLED = False
+DEPTH_LIMIT = 0  # depth is capcrawl's own (--max-depth) so that it is counted per page
+REACTOR_THREADPOOL_MAXSIZE = 20
+LOG_LEVEL = "INFO"
+
+AUTOTHROTTLE_ENABLED = True
+AUTOTHROTTLE_START_DELAY = 0.0
+AUTOTHROTTLE_MAX_DELAY = 30.0
+AUTOTHROTTLE_TARGET_CONCURRENCY = 8.0
+
+DOWNLOADER_MIDDLEWARES = {
+    "crawler.middlewares.PrivateAddressMiddleware": 50,
+    "scrapy.downloadermiddlewares.robotstxt.RobotsTxtMiddleware": None,
+    "crawler.middlewares.RobotsMiddleware": 100,
+    "crawler.middlewares.RetryAfterMiddleware": 540,
+}
+ITEM_PIPELINES = {
+    "crawler.pipelines.ImagePipeline": 300,
+}
+EXTENSIONS = {
+    "scrapy.extensions.telnet.TelnetConsole": None,
+    "crawler.progress.ProgressLine": 500,
+}
+
+# capcrawl keys (read by the spider through CrawlConfig when run via `scrapy crawl`)
+CAPCRAWL_PROGRESS = True

@@ -1,0 +1,1 @@
+"""capcrawl's spiders: ``images`` (crawl seed pages) and ``image_list`` (URL lists)."""

@@ -1,0 +1,40 @@
+"""The crawl stage's one entry function: run Scrapy with capcrawl's spider and settings."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from .config import CrawlConfig
+from .records import CRAWL_DIR, STATS_FILE
+
+log = logging.getLogger(__name__)
+
+
+def scrapy_settings(config: CrawlConfig, log_level: str = "WARNING"):
+    """crawler/settings.py overlaid with the configuration (what `scrapy crawl` would use)."""
+    from scrapy.settings import Settings
+
+    settings = Settings()
+    settings.setmodule("crawler.settings", priority="project")
+    settings.setdict(config.scrapy_settings(), priority="cmdline")
+    settings.set("LOG_LEVEL", log_level, priority="cmdline")
+    return settings
+
+
+def run_crawl(config: CrawlConfig, log_level: str = "WARNING") -> dict[str, Any]:
+    """Crawl seeds (or download a URL list) into WORK/crawl; returns WORK/crawl/stats.json.
+
+    Runs Twisted's reactor, so call it once per process.
+    """
+    from scrapy.crawler import CrawlerProcess
+
+    from .spiders.images import ImageListSpider, ImagesSpider
+
+    process = CrawlerProcess(scrapy_settings(config, log_level), install_root_handler=False)
+    process.crawl(ImageListSpider if config.url_list else ImagesSpider, config=config)
+    process.start()
+    stats_path = Path(config.work) / CRAWL_DIR / STATS_FILE
+    return json.loads(stats_path.read_text()) if stats_path.exists() else {}

@@ -1,0 +1,152 @@
+"""Read the shards stage's input: scored parts (+ embeddings), or crawl parts with --no-filter.
+
+Pass 1 (:func:`load_candidates`) reads every column but the image bytes, so
+dedup decisions need memory for metadata only; pass 2 (:func:`read_rows`)
+re-reads one part at a time, with images, for the rows to write.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from crawler.records import (
+    CRAWL_SCHEMA,
+    SCORED_SCHEMA,
+    CaptionSource,
+    ConfigError,
+    Status,
+    conform,
+    emb_name,
+    list_parts,
+)
+
+log = logging.getLogger(__name__)
+
+PART_COLUMN = "_part"
+ROW_COLUMN = "_row"
+META_SCHEMA = pa.schema([f for f in SCORED_SCHEMA if f.name != "image"])
+
+
+@dataclass
+class Candidates:
+    """Rows that may become samples (status ok and kept), without image bytes."""
+
+    parts: list[Path]
+    meta: pa.Table  # META_SCHEMA columns + _part (int32) + _row (int64), in input order
+    embeddings: np.ndarray | None  # row-aligned with meta, when requested
+    input_rows: int = 0
+    status: dict[str, int] = field(default_factory=dict)  # every input row by status
+    not_kept: dict[str, int] = field(default_factory=dict)  # ok rows the filter rejected, by filter_reason
+
+    @property
+    def has_caption(self) -> np.ndarray:
+        captions = pc.utf8_trim_whitespace(self.meta.column("caption"))
+        return pc.fill_null(pc.greater(pc.utf8_length(captions), 0), False).to_numpy(zero_copy_only=False)
+
+
+def _nonempty(col: pa.ChunkedArray) -> pa.ChunkedArray:
+    return pc.fill_null(pc.greater(pc.utf8_length(pc.utf8_trim_whitespace(col)), 0), False)
+
+
+def crawl_to_scored(table: pa.Table) -> pa.Table:
+    """Turn crawl rows into scored rows with trusted captions: alt, else caption_in (kept = True)."""
+    has_alt, has_in = _nonempty(table.column("alt")), _nonempty(table.column("caption_in"))
+    caption = pc.if_else(has_alt, table.column("alt"), pc.if_else(has_in, table.column("caption_in"), pa.scalar(None, pa.string())))
+    source = pc.if_else(
+        has_alt,
+        pa.scalar(CaptionSource.ALT.value),
+        pc.if_else(has_in, pa.scalar(CaptionSource.CAPTION_IN.value), pa.scalar(None, pa.string())),
+    )
+    table = table.append_column("caption", caption).append_column("caption_source", source)
+    table = table.append_column("kept", pa.array(np.ones(table.num_rows, dtype=bool)))
+    return table
+
+
+def read_part(path: Path, no_filter: bool, with_image: bool) -> pa.Table:
+    """One input part as scored rows (META_SCHEMA, plus ``image`` if ``with_image``)."""
+    source = CRAWL_SCHEMA if no_filter else SCORED_SCHEMA
+    columns = [n for n in pq.read_schema(path).names if n in source.names and (with_image or n != "image")]
+    table = pq.read_table(path, columns=columns)
+    if no_filter:
+        crawl = pa.schema([f for f in CRAWL_SCHEMA if with_image or f.name != "image"])
+        table = crawl_to_scored(conform(table, crawl))
+    return conform(table, SCORED_SCHEMA if with_image else META_SCHEMA)
+
+
+def _embeddings_of(part: Path, num_rows: int) -> np.ndarray | None:
+    """Memory-mapped embeddings of a scored part, or None if the filter wrote none."""
+    path = part.parent / emb_name(part)
+    if not path.is_file():
+        return None
+    emb = np.load(path, mmap_mode="r")
+    if emb.ndim != 2 or emb.shape[0] != num_rows:
+        raise ConfigError(f"{path} has shape {emb.shape} but {part.name} has {num_rows} rows; re-run the filter for that part.")
+    return emb
+
+
+def _candidate_mask(table: pa.Table) -> np.ndarray:
+    ok = pc.equal(table.column("status"), Status.OK.value)
+    kept = pc.fill_null(table.column("kept"), False)
+    return pc.and_(pc.fill_null(ok, False), kept).to_numpy(zero_copy_only=False)
+
+
+def load_candidates(input_dir: Path, no_filter: bool, with_embeddings: bool) -> Candidates:
+    """Pass 1: metadata of every ok, kept row of every part, counted by status and filter reason."""
+    parts = list_parts(input_dir)
+    tables, embs = [], []
+    status: Counter[str] = Counter()
+    not_kept: Counter[str] = Counter()
+    for i, part in enumerate(parts):
+        table = read_part(part, no_filter, with_image=False)
+        status.update(table.column("status").to_pylist())
+        rows = np.flatnonzero(_candidate_mask(table))
+        ok_rows = pc.fill_null(pc.equal(table.column("status"), Status.OK.value), False).to_numpy(zero_copy_only=False)
+        rejected = np.flatnonzero(ok_rows & ~_candidate_mask(table))
+        not_kept.update(str(r) for r in table.column("filter_reason").take(pa.array(rejected)).to_pylist())
+        sub = table.take(pa.array(rows))
+        sub = sub.append_column(PART_COLUMN, pa.array(np.full(rows.size, i, dtype=np.int32)))
+        tables.append(sub.append_column(ROW_COLUMN, pa.array(rows.astype(np.int64))))
+        if with_embeddings:
+            emb = _embeddings_of(part, table.num_rows)
+            if emb is None:
+                raise ConfigError(f"{part.name} has no {emb_name(part)}; semantic dedup needs the filter's embeddings.")
+            embs.append(np.asarray(emb[rows], dtype=np.float16))
+    meta = pa.concat_tables(tables) if tables else META_SCHEMA.empty_table()
+    embeddings = _stack_embeddings(embs) if with_embeddings else None
+    log.info("read %d rows from %d part(s) in %s; %d candidates", sum(status.values()), len(parts), input_dir, meta.num_rows)
+    return Candidates(parts, meta, embeddings, sum(status.values()), dict(sorted(status.items())), dict(sorted(not_kept.items())))
+
+
+def _stack_embeddings(embs: list[np.ndarray]) -> np.ndarray:
+    dims = {e.shape[1] for e in embs}
+    if len(dims) > 1:
+        raise ConfigError(f"Embedding files have different widths {sorted(dims)}; score every part with the same model.")
+    return np.concatenate(embs) if embs else np.zeros((0, 0), dtype=np.float16)
+
+
+def read_rows(part: Path, rows: np.ndarray, no_filter: bool) -> tuple[pa.Table, np.ndarray | None]:
+    """Pass 2: the given rows of one part with their images (SCORED_SCHEMA), and their embeddings."""
+    table = read_part(part, no_filter, with_image=True)
+    emb = None if no_filter else _embeddings_of(part, table.num_rows)
+    picked = table.take(pa.array(rows))
+    return picked, (np.asarray(emb[rows], dtype=np.float16) if emb is not None else None)
+
+
+def embedding_dim(parts: list[Path], no_filter: bool) -> int | None:
+    """Width of the parts' embeddings (from the first that has one), None if there are none."""
+    if no_filter:
+        return None
+    for part in parts:
+        path = part.parent / emb_name(part)
+        if path.is_file():
+            shape = np.load(path, mmap_mode="r").shape
+            return int(shape[1]) if len(shape) == 2 else None
+    return None

@@ -1,0 +1,125 @@
+"""``capcrawl remove OUT --takedown FILE``: take samples out of published shards, and keep them out.
+
+Order of work, so that a crash at any point is repaired by running the command again:
+1. the entries join OUT/blocklist.jsonl (every later ``shards`` run applies it);
+2. each shard with a matching row is rewritten: new tar first, then parquet,
+   stats and index (matching reads the parquet, so a rerun finds what is left);
+   other samples keep their keys;
+3. OUT/removals.jsonl and the manifest are appended to.
+"""
+
+from __future__ import annotations
+
+import logging
+import tarfile
+from collections import Counter
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from crawler.records import DropReason, atomic_write_parquet
+from shards.blocklist import Blocklist, parse_takedown
+from shards.config import RemoveConfig
+from shards.manifest import update_manifest
+from shards.outdir import (
+    REMOVALS_FILE,
+    append_jsonl,
+    clean_incomplete,
+    index_emb_path,
+    list_shards,
+    locked,
+    parquet_path,
+    read_json,
+    stats_path,
+    tar_path,
+    write_index,
+    write_json,
+)
+from shards.writer import add_member, open_tar, shard_stats
+
+log = logging.getLogger(__name__)
+
+
+def _member_key(name: str) -> str:
+    return Path(name).name.split(".", 1)[0]
+
+
+def rewrite_tar(out: Path, name: str, drop_keys: set[str]) -> None:
+    """Copy a shard's tar without the members of ``drop_keys`` and rename it over the old one."""
+    final = tar_path(out, name)
+    tmp, new = open_tar(final)
+    try:
+        with tarfile.open(final, mode="r") as old, new:
+            for member in old:
+                if member.isfile() and _member_key(member.name) not in drop_keys:
+                    add_member(new, member.name, old.extractfile(member).read())
+        tmp.replace(final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def rewrite_shard(out: Path, name: str, samples: pa.Table, drop: np.ndarray) -> None:
+    """Remove the rows flagged in ``drop`` from every file of one shard."""
+    drop_keys = set(samples.column("key").filter(pa.array(drop)).to_pylist())
+    rewrite_tar(out, name, drop_keys)
+    keep = pa.array(~drop)
+    remaining = samples.filter(keep)
+    atomic_write_parquet(remaining, parquet_path(out, name))
+    old_stats = read_json(stats_path(out, name), {}) or {}
+    removed = Counter(old_stats.get("removed", {}))
+    removed[DropReason.BLOCKLISTED.value] += int(drop.sum())
+    write_json(stats_path(out, name), shard_stats(name, remaining, dict(removed)))
+    emb = np.load(index_emb_path(out, name)) if index_emb_path(out, name).is_file() else None
+    write_index(out, name, remaining, emb[~drop] if emb is not None and emb.shape[0] == drop.size else None)
+
+
+def _log_records(samples: pa.Table, matches: list[str | None], blocklist: Blocklist, now: str) -> list[dict[str, Any]]:
+    kinds = {e.entry: e.kind.value for e in blocklist.entries}
+    return [
+        {"key": key, "url": url, "entry": m, "kind": kinds.get(m), "reason": DropReason.BLOCKLISTED.value, "removed_at": now}
+        for key, url, m in zip(samples.column("key").to_pylist(), samples.column("url").to_pylist(), matches)
+        if m is not None
+    ]
+
+
+def run_remove(config: RemoveConfig) -> dict[str, Any]:
+    """Apply a takedown file to OUT; return the updated manifest."""
+    config.validate()
+    out = config.out
+    entries = parse_takedown(config.takedown, config.near_dup_distance)
+    with locked(out):
+        clean_incomplete(out)
+        blocklist = Blocklist.load(out).extended(entries)
+        blocklist.save(out)
+        now = datetime.now(timezone.utc).isoformat()
+        log_records: list[dict[str, Any]] = []
+        rewritten = []
+        for name in list_shards(out):
+            samples = pq.read_table(parquet_path(out, name))
+            matches = blocklist.match(samples)
+            drop = np.array([m is not None for m in matches], dtype=bool)
+            if not drop.any():
+                continue
+            rewrite_shard(out, name, samples, drop)
+            rewritten.append(name)
+            log_records.extend(_log_records(samples, matches, blocklist, now))
+            log.info("shard %s: removed %d sample(s)", name, int(drop.sum()))
+        if log_records:
+            append_jsonl(out / REMOVALS_FILE, log_records)
+        removal = {
+            "command": "remove",
+            "at": now,
+            "takedown": str(config.takedown),
+            "entries": len(entries),
+            "removed": {DropReason.BLOCKLISTED.value: len(log_records)} if log_records else {},
+            "shards_rewritten": rewritten,
+            "near_dup_distance": config.near_dup_distance,
+        }
+        manifest = update_manifest(out, removal=removal)
+    log.info("remove: %d sample(s) removed from %d shard(s)", len(log_records), len(rewritten))
+    return manifest

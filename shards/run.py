@@ -1,0 +1,203 @@
+"""``capcrawl shards``: dedup the kept records against each other and OUT, write new shards.
+
+See :mod:`shards.dedup` for the survivor order, :mod:`shards.outdir` for the layout.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from crawler.records import CRAWL_DIR, SCORED_DIR, STATS_FILE, DropReason, atomic_write_parquet
+from shards.blocklist import Blocklist
+from shards.config import ShardsConfig
+from shards.dedup import KEPT, HashSet, Verdicts, deduplicate, priority_rank
+from shards.inputs import PART_COLUMN, ROW_COLUMN, Candidates, embedding_dim, load_candidates, read_rows
+from shards.manifest import update_manifest
+from shards.outdir import DEDUP_LOG_DIR, clean_incomplete, list_shards, locked, next_shard_number, read_index, read_json
+from shards.phash import hex_to_uint64
+from shards.writer import ShardWriter
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Existing:
+    """Samples already in OUT: their keys and urls, and the fields dedup compares."""
+
+    keys: list[str]
+    urls: list[str]
+    hashes: HashSet
+
+
+def load_existing(out: Path, with_embeddings: bool) -> Existing:
+    """The persistent dedup index of every complete shard in OUT."""
+    tables, embs = [], []
+    for name in list_shards(out):
+        table, emb = read_index(out, name, with_embeddings)
+        tables.append(table)
+        embs.append(emb)
+    if not tables:
+        return Existing([], [], HashSet([], np.zeros(0, np.uint64), np.zeros(0, bool), None))
+    index = pa.concat_tables(tables)
+    phash, valid = hex_to_uint64(index.column("phash").to_pylist())
+    emb = _stack_index_embeddings(embs, [t.num_rows for t in tables]) if with_embeddings else None
+    return Existing(index.column("key").to_pylist(), index.column("url").to_pylist(), HashSet(index.column("sha256").to_pylist(), phash, valid, emb))
+
+
+def _stack_index_embeddings(embs: list[np.ndarray | None], sizes: list[int]) -> np.ndarray | None:
+    dims = {e.shape[1] for e in embs if e is not None}
+    if len(dims) != 1:
+        return None
+    dim = dims.pop()
+    return np.concatenate([e if e is not None else np.zeros((n, dim), np.float16) for e, n in zip(embs, sizes)])
+
+
+def _candidate_hashes(cands: Candidates) -> HashSet:
+    phash, valid = hex_to_uint64(cands.meta.column("phash").to_pylist())
+    return HashSet(cands.meta.column("sha256").to_pylist(), phash, valid, cands.embeddings)
+
+
+def decide(cands: Candidates, existing: Existing, blocklist: Blocklist, config: ShardsConfig) -> Verdicts:
+    """Drop reasons for every candidate: no caption, blocklisted, then the dedup stages."""
+    verdicts = Verdicts.empty(cands.meta.num_rows, len(existing.keys))
+    no_caption = np.flatnonzero(~cands.has_caption)
+    verdicts.drop(no_caption, DropReason.NO_CAPTION, None, [None] * no_caption.size)
+    blocked = [b if verdicts.reason[i] is None else None for i, b in enumerate(blocklist.match(cands.meta))]
+    return deduplicate(
+        existing.hashes,
+        _candidate_hashes(cands),
+        priority_rank(cands.meta),
+        verdicts=verdicts,
+        blocked=blocked,
+        max_distance=config.near_dup_distance,
+        semantic_threshold=config.semantic_dedup,
+    )
+
+
+def _records(table: pa.Table) -> list[dict[str, Any]]:
+    return table.drop_columns(["image"]).to_pylist()
+
+
+def write_samples(config: ShardsConfig, cands: Candidates, verdicts: Verdicts) -> tuple[list[str | None], ShardWriter, int]:
+    """Pass 2: write the kept candidates in input order.
+
+    Returns each candidate's key (None if not written), the writer, and how many
+    kept rows had no image bytes (skipped and counted; an ok row should always have them).
+    """
+    keys: list[str | None] = [None] * cands.meta.num_rows
+    no_image = 0
+    kept = np.flatnonzero(verdicts.kept)
+    part_of = cands.meta.column(PART_COLUMN).to_numpy()[kept]
+    row_of = cands.meta.column(ROW_COLUMN).to_numpy()[kept]
+    writer = ShardWriter(
+        config.out,
+        next_shard_number(config.out),
+        config.samples_per_shard,
+        config.max_shard_bytes,
+        embedding_dim(cands.parts, config.no_filter),
+    )
+    with writer:
+        for part_index, part in enumerate(cands.parts):
+            mine = part_of == part_index
+            if not mine.any():
+                continue
+            table, emb = read_rows(part, row_of[mine], config.no_filter)
+            images = table.column("image").to_pylist()
+            for j, (pos, record) in enumerate(zip(kept[mine].tolist(), _records(table))):
+                if not images[j]:
+                    log.warning("%s has status ok but no image bytes; skipped", record["url"])
+                    no_image += 1
+                    continue
+                keys[pos] = writer.write(record, images[j], None if emb is None else emb[j])
+    return keys, writer, no_image
+
+
+def write_dedup_log(out: Path, run: int, cands: Candidates, verdicts: Verdicts, keys: list[str | None], existing: Existing) -> Path | None:
+    """OUT/dedup_log/run-NNNNN.parquet: one row per dropped candidate."""
+    dropped = [i for i, r in enumerate(verdicts.reason) if r is not None]
+    if not dropped:
+        return None
+    urls = cands.meta.column("url").to_pylist()
+    n_old = len(existing.keys)
+
+    def target(i: int) -> tuple[str | None, str | None]:
+        node = int(verdicts.dup_of[i])
+        if node == KEPT:
+            return None, None
+        if node < n_old:
+            return existing.keys[node], existing.urls[node]
+        return keys[node - n_old], urls[node - n_old]
+
+    targets = [target(i) for i in dropped]
+    meta = cands.meta.take(pa.array(dropped, type=pa.int64()))
+    log_table = pa.table(
+        {
+            "url": meta.column("url"),
+            "sha256": meta.column("sha256"),
+            "phash": meta.column("phash"),
+            "reason": pa.array([verdicts.reason[i] for i in dropped], pa.string()),
+            "duplicate_of_key": pa.array([t[0] for t in targets], pa.string()),
+            "duplicate_of_url": pa.array([t[1] for t in targets], pa.string()),
+            "detail": pa.array([verdicts.detail[i] for i in dropped], pa.string()),
+            "part": pa.array([cands.parts[p].name for p in meta.column(PART_COLUMN).to_pylist()], pa.string()),
+            "row": meta.column(ROW_COLUMN),
+        }
+    )
+    return atomic_write_parquet(log_table, out / DEDUP_LOG_DIR / f"run-{run:05d}.parquet")
+
+
+def _stage_stats(config: ShardsConfig) -> dict[str, Any]:
+    crawl = read_json(config.work / CRAWL_DIR / STATS_FILE)
+    filt = None if config.no_filter else read_json(config.work / SCORED_DIR / STATS_FILE)
+    return {"crawl": crawl, "filter": filt}
+
+
+def run_shards(config: ShardsConfig) -> dict[str, Any]:
+    """Dedup and write new shards into ``config.out``; return the updated manifest."""
+    config.validate()
+    started = datetime.now(timezone.utc)
+    clock = time.perf_counter()
+    with locked(config.out):
+        clean_incomplete(config.out)
+        cands = load_candidates(config.input_dir, config.no_filter, config.semantic_dedup is not None)
+        existing = load_existing(config.out, config.semantic_dedup is not None)
+        verdicts = decide(cands, existing, Blocklist.load(config.out), config)
+        keys, writer, no_image = write_samples(config, cands, verdicts)
+        previous = read_json(config.out / "manifest.json", {}) or {}
+        run_number = len(previous.get("runs", []))
+        log_path = write_dedup_log(config.out, run_number, cands, verdicts, keys, existing)
+        written = sum(s.samples for s in writer.written)
+        run = {
+            "run": run_number,
+            "command": "shards",
+            "started_at": started.isoformat(),
+            "seconds": round(time.perf_counter() - clock, 3),
+            "options": config.options(),
+            "stages": {
+                **_stage_stats(config),
+                "shards": {
+                    "input_rows": cands.input_rows,
+                    "status": cands.status,
+                    "not_kept": cands.not_kept,
+                    "candidates": cands.meta.num_rows,
+                    "existing_samples": len(existing.keys),
+                    "dropped": dict(sorted(Counter(r for r in verdicts.reason if r is not None).items())),
+                    "written": written,
+                    "skipped_no_image": no_image,
+                },
+            },
+            "new_shards": [s.name for s in writer.written],
+            "dedup_log": str(log_path.relative_to(config.out)) if log_path else None,
+        }
+        manifest = update_manifest(config.out, run=run)
+    log.info("shards: %d written to %d new shard(s), %d dropped", written, len(writer.written), sum(run["stages"]["shards"]["dropped"].values()))
+    return manifest

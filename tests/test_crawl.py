@@ -1,0 +1,399 @@
+"""The crawl stage against real HTTP servers on loopback (nothing mocked on the crawl path)."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import struct
+import subprocess
+import sys
+import time
+import zlib
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from crawler.records import CRAWL_SCHEMA, Status, list_parts
+
+from .conftest import ROOT, by_url, crawl_rows, jpeg, png, run_cli
+
+
+def bomb_png(width: int = 6000, height: int = 6000) -> bytes:
+    """A small file that decodes to width*height pixels (a decompression bomb)."""
+    raw = zlib.compress(b"\x00" * (width + 1) * height, 9)  # filter byte + one grey byte a pixel
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", raw) + chunk(b"IEND", b"")
+
+
+def page(body: str, head: str = "", title: str = "Test page") -> str:
+    return f"<!doctype html><html><head><title>{title}</title>{head}</head><body>{body}</body></html>"
+
+
+IMG = "image/jpeg"
+
+
+def build_site(a, b) -> dict[str, str]:
+    """Every misbehaviour the crawler must survive; returns names -> absolute image URLs."""
+    a.add("/robots.txt", "User-agent: *\nDisallow: /private/\n", content_type="text/plain")
+    links = ["/lic.html", "/lazy.html", "/base/index.html", "/latin1.html", "/noai.html", "/bad.html",
+             "/trap/0.html", "/private/page.html", b.url("/off.html")]
+    a.add("/", page("<p>Welcome to the test site, which has images.</p>"
+                    + "".join(f'<a href="{h}">{h}</a> ' for h in links)
+                    + '<a href="mailto:x@example.com">mail</a><a href="#top">top</a>'))
+    # licences
+    a.add("/lic.html", page(
+        '<p>A page under a page-wide licence, with some text.</p><img src="/img/pagelic.jpg" alt="page licence">'
+        '<figure><img src="/img/figlic.jpg" alt="figure licence"><figcaption>A red square, photographed</figcaption>'
+        '<a rel="license" href="https://creativecommons.org/licenses/by-sa/4.0/">CC BY-SA</a></figure>'
+        '<img src="/img/jsonld.jpg" alt="json-ld">'
+        '<div itemscope itemtype="https://schema.org/ImageObject"><img itemprop="contentUrl" src="/img/micro.jpg" alt="microdata">'
+        '<link itemprop="license" href="https://creativecommons.org/publicdomain/mark/1.0/"></div>'
+        '<a rel="license" href="https://creativecommons.org/licenses/by/4.0/">This page is CC BY 4.0</a>',
+        head='<script type="application/ld+json">{"@context":"https://schema.org","@type":"ImageObject",'
+             '"contentUrl":"/img/jsonld.jpg","license":"https://creativecommons.org/publicdomain/zero/1.0/"}</script>'))
+    # srcset, lazy, picture, og:image, data: URIs
+    a.add("/lazy.html", page(
+        '<img src="/img/small.jpg" srcset="/img/small.jpg 320w, /img/large.jpg 1024w" alt="srcset">'
+        '<img src="data:image/gif;base64,R0lGODlhAQABAAAAACw=" data-src="/img/lazy.jpg" alt="lazy">'
+        '<picture><source srcset="/img/pic-s.webp 1x, /img/pic-l.webp 2x" type="image/webp"><img src="/img/pic.jpg" alt="picture"></picture>'
+        '<img src="data:image/png;base64,iVBORw0KGgo=" alt="inline">',
+        head='<meta property="og:image" content="/img/og.jpg">'))
+    a.add("/base/index.html", page('<img src="rel.jpg" alt="based"><img src="../up.jpg" alt="up">',
+                                   head='<base href="/assets/deep/">'))
+    latin = page('<p>Une phrase en fran\u00e7ais.</p><img src="/img/cafe.jpg" alt="caf\u00e9 cr\u00e8me">',
+                 head='<meta charset="iso-8859-1">', title="Caf\u00e9")
+    a.add("/latin1.html", latin.encode("latin-1"), content_type="text/html")
+    a.add("/noai.html", page('<img src="/img/optout.jpg" alt="opted out">', head='<meta name="robots" content="index, noimageai">'))
+    a.add("/bad.html", page("".join(f'<img src="{p}" alt="{n}">' for n, p in [
+        ("truncated", "/img/truncated.jpg"), ("html", "/img/html.jpg"), ("pixel", "/img/pixel.png"),
+        ("bomb", "/img/bomb.png"), ("big", "/img/big.jpg"), ("endless", "/img/endless.jpg"),
+        ("stall", "/img/stall.jpg"), ("redirect", "/img/r1.jpg"), ("missing", "/img/missing.jpg"),
+        ("flaky", "/img/flaky.jpg"), ("slow", "/img/slow.jpg"), ("ratelimited", "/img/ratelimited.jpg"),
+        ("xrobots", "/img/xrobots.jpg"), ("private", "/private/img.jpg"), ("cdn", b.url("/cdn.jpg")),
+        ("dup", "/img/og.jpg"),
+    ])))
+    for i in range(50):  # an endless chain of pages
+        a.add(f"/trap/{i}.html", page(f'<a href="/trap/{i + 1}.html">next</a><img src="/img/trap{i}.jpg" alt="trap {i}">'))
+        a.add(f"/img/trap{i}.jpg", jpeg("gray", pattern=i + 1), content_type=IMG)
+    a.add("/private/page.html", page("secret"))
+    a.add("/private/img.jpg", jpeg("black"), content_type=IMG)
+    b.add("/off.html", page('<img src="/offimg.jpg" alt="off">'))
+    b.add("/cdn.jpg", jpeg("purple"), content_type=IMG)
+
+    good = ["pagelic", "figlic", "jsonld", "micro", "large", "lazy", "pic-l.webp", "og", "cafe", "optout", "final",
+            "flaky", "slow", "ratelimited", "xrobots"]
+    for n, name in enumerate(good):
+        path = f"/img/{name}" if name.endswith(".webp") else f"/img/{name}.jpg"
+        a.add(path, jpeg((n * 15 % 255, 80, 200 - n * 10), pattern=n + 2), content_type=IMG)
+    a.add("/assets/deep/rel.jpg", jpeg("orange"), content_type=IMG)
+    a.add("/assets/up.jpg", jpeg("olive"), content_type=IMG)
+    whole = jpeg("red", size=(400, 300), pattern=6)
+    a.add("/img/truncated.jpg", whole[: len(whole) // 2], content_type=IMG)
+    a.add("/img/html.jpg", page("<p>I am not an image</p>"), content_type=IMG)
+    a.add("/img/pixel.png", png(size=(1, 1)), content_type="image/png")
+    a.add("/img/bomb.png", bomb_png(), content_type="image/png")
+    a.add("/img/big.jpg", os.urandom(3 * 1024 * 1024), content_type=IMG)
+    a.add("/img/endless.jpg", content_type=IMG, endless=True)
+    a.add("/img/stall.jpg", jpeg("blue"), content_type=IMG, delay=8)
+    a.add("/img/r1.jpg", redirect_to="/img/r2.jpg")
+    a.add("/img/r2.jpg", redirect_to="/img/final.jpg")
+    a.routes["/img/flaky.jpg"].fail_first = 1
+    a.routes["/img/slow.jpg"].delay = 0.5
+    a.routes["/img/ratelimited.jpg"].fail_first = 1
+    a.routes["/img/ratelimited.jpg"].fail_status = 429
+    a.routes["/img/ratelimited.jpg"].fail_headers = {"Retry-After": "1"}
+    a.routes["/img/xrobots.jpg"].headers = {"X-Robots-Tag": "noai"}
+    return {}
+
+
+@pytest.fixture(scope="module")
+def crawled(tmp_path_factory):
+    from crawler.localsite import LocalSite
+
+    work = tmp_path_factory.mktemp("crawl")
+    with LocalSite("127.0.0.1") as a, LocalSite("127.0.0.2") as b:
+        build_site(a, b)
+        proc = run_cli("crawl", a.url("/"), "--work", str(work), "--allow-private-addresses",
+                       "--max-depth", "3", "--max-pages", "40", "--timeout", "2", "--retries", "1",
+                       "--max-image-bytes", "1MB", "--max-pixels", "10000000", "--min-image-size", "10",
+                       "--concurrency", "16", timeout=240)
+        assert proc.returncode == 0, proc.stderr
+        rows = by_url(crawl_rows(work))
+        yield {"a": a, "b": b, "rows": rows, "work": work, "proc": proc,
+               "stats": json.loads((work / "crawl" / "stats.json").read_text())}
+
+
+def row(crawled, path: str) -> dict:
+    url = crawled["a"].url(path)
+    assert url in crawled["rows"], f"{url} not recorded; have {sorted(crawled['rows'])}"
+    return crawled["rows"][url]
+
+
+def test_rows_follow_the_schema(crawled):
+    parts = list_parts(crawled["work"] / "crawl")
+    import pyarrow.parquet as pq
+
+    assert parts and all(pq.read_schema(p).names == CRAWL_SCHEMA.names for p in parts)
+    assert not list((crawled["work"] / "crawl").glob(".*tmp")), "temporary files left behind"
+
+
+def test_ok_image_is_resized_hashed_and_described(crawled):
+    r = row(crawled, "/img/figlic.jpg")
+    assert r["status"] == "ok" and r["error"] is None
+    assert r["page_url"] == crawled["a"].url("/lic.html") and r["page_title"] == "Test page"
+    assert r["figcaption"] == "A red square, photographed" and r["alt"] == "figure licence"
+    assert (r["original_width"], r["original_height"]) == (120, 90)
+    assert min(r["width"], r["height"]) == 256 and r["image_format"] == "jpg"
+    assert Image.open(io.BytesIO(r["image"])).size == (r["width"], r["height"])
+    assert len(r["sha256"]) == 64 and len(r["phash"]) == 16
+    assert r["fetched_at"] is not None
+
+
+def test_licences_page_figure_jsonld_microdata(crawled):
+    assert (row(crawled, "/img/pagelic.jpg")["license"], row(crawled, "/img/pagelic.jpg")["license_source"]) == ("CC-BY-4.0", "page:a-rel")
+    assert (row(crawled, "/img/figlic.jpg")["license"], row(crawled, "/img/figlic.jpg")["license_source"]) == ("CC-BY-SA-4.0", "figure:a-rel")
+    assert (row(crawled, "/img/jsonld.jpg")["license"], row(crawled, "/img/jsonld.jpg")["license_source"]) == ("CC0-1.0", "json-ld")
+    assert (row(crawled, "/img/micro.jpg")["license"], row(crawled, "/img/micro.jpg")["license_source"]) == ("LicenseRef-PDM", "microdata")
+    assert row(crawled, "/img/figlic.jpg")["license_url"] == "https://creativecommons.org/licenses/by-sa/4.0/"
+
+
+def test_srcset_lazy_picture_og_and_no_data_uris(crawled):
+    assert row(crawled, "/img/large.jpg")["status"] == "ok"
+    assert crawled["a"].requested("/img/small.jpg") == 0, "the smaller srcset candidate was fetched"
+    assert row(crawled, "/img/lazy.jpg")["alt"] == "lazy"
+    assert row(crawled, "/img/pic-l.webp")["alt"] == "picture"
+    assert row(crawled, "/img/og.jpg")["status"] == "ok"
+    assert not [u for u in crawled["rows"] if u.startswith("data:")]
+    assert crawled["stats"]["skipped"]["data_uri"] >= 1
+
+
+def test_base_href_and_relative_urls(crawled):
+    assert row(crawled, "/assets/deep/rel.jpg")["status"] == "ok"
+    assert row(crawled, "/assets/up.jpg")["status"] == "ok"
+
+
+def test_latin1_page_decodes(crawled):
+    r = row(crawled, "/img/cafe.jpg")
+    assert r["alt"] == "caf\u00e9 cr\u00e8me" and r["page_title"] == "Caf\u00e9"
+
+
+def test_alt_absent_and_empty_kept_apart():
+    from crawler.extract import extract_page
+
+    info = extract_page('<img src="a.jpg"><img src="b.jpg" alt=""><img src="c.jpg" alt=" x ">', "http://h/")
+    assert [i.alt for i in info.images] == [None, "", "x"]
+
+
+def test_noai_meta_and_header(crawled):
+    r = row(crawled, "/img/optout.jpg")
+    assert r["status"] == "noai" and r["image"] is None
+    assert crawled["a"].requested("/img/optout.jpg") == 0, "an opted-out image was downloaded"
+    assert row(crawled, "/img/xrobots.jpg")["status"] == "noai"
+    assert row(crawled, "/img/xrobots.jpg")["image"] is None
+    assert crawled["stats"]["pages"]["noai"] == 1
+
+
+def test_robots_disallowed_never_requested(crawled):
+    a = crawled["a"]
+    assert row(crawled, "/private/img.jpg")["status"] == "robots"
+    assert a.requested("/private/img.jpg") == 0 and a.requested("/private/page.html") == 0
+    assert a.requested("/robots.txt") == 1
+    assert crawled["stats"]["pages"]["robots"] == 1
+
+
+@pytest.mark.parametrize("path,status", [
+    ("/img/truncated.jpg", Status.CORRUPT), ("/img/html.jpg", Status.NOT_AN_IMAGE),
+    ("/img/pixel.png", Status.TOO_SMALL), ("/img/bomb.png", Status.DECOMPRESSION_BOMB),
+    ("/img/big.jpg", Status.TOO_LARGE), ("/img/endless.jpg", Status.TOO_LARGE),
+    ("/img/stall.jpg", Status.TIMEOUT), ("/img/missing.jpg", "http_404"),
+])
+def test_bad_images_get_named_statuses(crawled, path, status):
+    r = row(crawled, path)
+    assert r["status"] == str(status), r["error"]
+    assert r["image"] is None and r["error"]
+
+
+def test_retries_redirects_and_slow_responses(crawled):
+    a = crawled["a"]
+    r = row(crawled, "/img/r1.jpg")
+    assert r["status"] == "ok" and r["final_url"] == a.url("/img/final.jpg")
+    assert row(crawled, "/img/flaky.jpg")["status"] == "ok" and a.requested("/img/flaky.jpg") == 2
+    assert row(crawled, "/img/slow.jpg")["status"] == "ok"
+    assert row(crawled, "/img/ratelimited.jpg")["status"] == "ok" and a.requested("/img/ratelimited.jpg") == 2
+    log = [e for e in a.log if e.path == "/img/ratelimited.jpg"]
+    assert log[1].at - log[0].at >= 0.9, "Retry-After was not honoured"
+
+
+def test_same_image_on_two_pages_fetched_once(crawled):
+    assert crawled["a"].requested("/img/og.jpg") == 1
+
+
+def test_link_trap_cut_by_depth(crawled):
+    a = crawled["a"]
+    assert a.requested("/trap/2.html") == 1 and a.requested("/trap/3.html") == 0
+    assert crawled["stats"]["pages"]["max_depth"] >= 1
+
+
+def test_offsite_pages_not_crawled_but_cdn_images_are(crawled):
+    b = crawled["b"]
+    assert b.requested("/off.html") == 0
+    assert crawled["stats"]["pages"]["offsite"] >= 1
+    assert crawled["rows"][b.url("/cdn.jpg")]["status"] == "ok"
+
+
+def test_honest_user_agent(crawled):
+    agents = {e.user_agent for e in crawled["a"].log}
+    assert agents and all(ua.startswith("capcrawl/") for ua in agents)
+
+
+def test_every_discovered_image_is_a_row(crawled):
+    stats = crawled["stats"]
+    assert stats["images_total"] == len(crawled["rows"]) and stats["pending"] == 0
+    assert sum(stats["images"].values()) == len(crawled["rows"])
+    assert "images" in crawled["proc"].stdout and "decompression_bomb" in crawled["proc"].stdout
+
+
+def test_max_pages_limit(tmp_path, site):
+    for i in range(30):
+        site.add(f"/trap/{i}.html", page(f'<a href="/trap/{i + 1}.html">n</a>'))
+    run_cli("crawl", site.url("/trap/0.html"), "--work", str(tmp_path), "--allow-private-addresses",
+            "--max-pages", "5", "--max-depth", "100", check=True)
+    assert sum(site.requested(f"/trap/{i}.html") for i in range(30)) == 5
+    stats = json.loads((tmp_path / "crawl" / "stats.json").read_text())
+    assert stats["pages"] == {"max_pages": 1, "ok": 5}
+
+
+def test_private_addresses_refused_by_default(tmp_path, site):
+    site.add("/", page('<img src="/a.jpg" alt="a">'))
+    proc = run_cli("crawl", site.url("/"), "--work", str(tmp_path), check=True)
+    assert site.log == [], "a private address was contacted"
+    stats = json.loads((tmp_path / "crawl" / "stats.json").read_text())
+    assert stats["pages"] == {"private_address": 1}
+    assert "no image was fetched" in proc.stdout
+
+
+def test_private_redirect_target_refused(tmp_path):
+    """A public-looking start that redirects into loopback is refused after the redirect."""
+    from crawler.middlewares import is_public_ip
+
+    assert not is_public_ip("127.0.0.1") and not is_public_ip("10.1.2.3") and not is_public_ip("169.254.1.1")
+    assert not is_public_ip("::1") and not is_public_ip("::ffff:192.168.0.1") and is_public_ip("93.184.216.34")
+
+
+def _resume_site(site, pages: int = 40, per_page: int = 5) -> set[str]:
+    expected = set()
+    for p in range(pages):
+        imgs = "".join(f'<img src="/img/{p}-{i}.jpg" alt="image {p} {i}">' for i in range(per_page))
+        nxt = f'<a href="/p/{p + 1}.html">next</a>' if p + 1 < pages else ""
+        site.add(f"/p/{p}.html", page(imgs + nxt + '<img src="/img/0-0.jpg" alt="on every page">'))
+        for i in range(per_page):
+            site.add(f"/img/{p}-{i}.jpg", jpeg((p * 6 % 255, i * 50, 90), pattern=i + 1), content_type=IMG, delay=0.03)
+            expected.add(site.url(f"/img/{p}-{i}.jpg"))
+    return expected
+
+
+def test_interrupt_then_kill_then_resume_records_each_image_once(tmp_path, site):
+    expected = _resume_site(site)
+    args = ["crawl", site.url("/p/0.html"), "--work", str(tmp_path), "--allow-private-addresses", "--max-depth", "100",
+            "--concurrency", "2", "--per-host-concurrency", "2", "--part-rows", "5", "--no-autothrottle"]
+    proc = subprocess.Popen([sys.executable, "-m", "crawler.cli", "-q", *args], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while len(list_parts(tmp_path / "crawl")) < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.3)
+    proc.kill()
+    proc.wait(timeout=30)
+    first = crawl_rows(tmp_path)
+    assert 0 < len(first) < len(expected), "the interruption came too late to test anything"
+    run_cli(*args, check=True)
+    rows = crawl_rows(tmp_path)
+    urls = [r["url"] for r in rows]
+    assert len(urls) == len(set(urls)), "an image URL was recorded twice"
+    assert set(urls) == expected
+    assert all(r["status"] == "ok" for r in rows)
+    # finished images were not downloaded again
+    again = sum(site.requested(u.removeprefix(site.base)) > 1 for u in {r["url"] for r in first})
+    assert again == 0
+    stats = json.loads((tmp_path / "crawl" / "stats.json").read_text())
+    assert stats["images"] == {"ok": len(expected)} and stats["pending"] == 0
+
+
+def _write_list(path: Path, fmt: str, urls: list[str], caps: list[str]) -> None:
+    if fmt == "txt":
+        path.write_text("# images\n" + "\n".join(urls) + "\n")
+    elif fmt in ("csv", "tsv"):
+        sep = "," if fmt == "csv" else "\t"
+        path.write_text(f"url{sep}text\n" + "".join(f'{u}{sep}"{c}"\n' if fmt == "csv" else f"{u}{sep}{c}\n" for u, c in zip(urls, caps)))
+    elif fmt == "jsonl":
+        path.write_text("".join(json.dumps({"url": u, "text": c}) + "\n" for u, c in zip(urls, caps)))
+    elif fmt == "parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.table({"url": urls, "text": caps}), path)
+
+
+@pytest.mark.parametrize("fmt", ["txt", "csv", "tsv", "parquet", "jsonl"])
+def test_download_url_lists(tmp_path, site, fmt):
+    site.add("/robots.txt", "User-agent: *\nDisallow: /no/\n", content_type="text/plain")
+    urls = [site.add(f"/img/{i}.jpg", jpeg(pattern=i + 1), content_type=IMG) for i in range(6)]
+    urls += [site.url("/no/x.jpg"), site.url("/img/missing.jpg"), "ftp://example.com/x.jpg", urls[0]]
+    caps = [f"caption, number {i}" for i in range(len(urls))]
+    lst = tmp_path / f"urls.{fmt}"
+    _write_list(lst, fmt, urls, caps)
+    extra = [] if fmt == "txt" else ["--caption-col", "text"]
+    run_cli("download", str(lst), "--work", str(tmp_path / "w"), "--allow-private-addresses", *extra, check=True)
+    rows = by_url(crawl_rows(tmp_path / "w"))
+    assert [rows[u]["status"] for u in urls[:6]] == ["ok"] * 6
+    assert rows[urls[6]]["status"] == "robots" and site.requested("/no/x.jpg") == 0
+    assert rows[urls[7]]["status"] == "http_404" and rows[urls[8]]["status"] == "bad_url"
+    assert all(r["page_url"] is None for r in rows.values())
+    if fmt != "txt":
+        assert rows[urls[2]]["caption_in"] == "caption, number 2"
+    stats = json.loads((tmp_path / "w" / "crawl" / "stats.json").read_text())
+    assert stats["skipped"]["duplicate_url"] == 1 and stats["images_total"] == 9
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["crawl", "--work", "w"], "required"),
+    (["crawl", "http://127.0.0.1:9/", "--work", "w", "--image-size", "0"], "--image-size"),
+    (["crawl", "http://127.0.0.1:9/", "--work", "w", "--resize-mode", "stretch"], "--resize-mode"),
+    (["crawl", "no-such-seeds.txt", "--work", "w"], "no-such-seeds.txt"),
+    (["crawl", "ftp://x/", "--work", "w"], "bad seed URL"),
+    (["crawl", "http://127.0.0.1:9/", "--work", "w", "--max-image-bytes", "lots"], "not a size"),
+    (["download", "missing.csv", "--work", "w"], "does not exist"),
+])
+def test_bad_cli_input_one_line(tmp_path, args, needle):
+    proc = run_cli(*[a if a != "w" else str(tmp_path / "w") for a in args], timeout=60)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], proc.stderr
+
+
+def test_csv_without_url_column_fails_at_start(tmp_path):
+    lst = tmp_path / "l.csv"
+    lst.write_text("link,text\nhttp://x/a.jpg,a\n")
+    proc = run_cli("download", str(lst), "--work", str(tmp_path / "w"), timeout=60)
+    assert proc.returncode == 2 and "--url-col" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_scrapy_crawl_command_uses_the_same_spider(tmp_path, site):
+    site.add("/", page('<img src="/a.jpg" alt="an image">'))
+    site.add("/a.jpg", jpeg(), content_type=IMG)
+    proc = subprocess.run(
+        [sys.executable, "-m", "scrapy", "crawl", "images", "-a", f"seeds={site.url('/')}", "-a", f"work={tmp_path}",
+         "-a", "allow_private_addresses=true", "-s", "LOG_LEVEL=WARNING"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    rows = crawl_rows(tmp_path)
+    assert [(r["url"], r["status"], r["alt"]) for r in rows] == [(site.url("/a.jpg"), "ok", "an image")]

@@ -1,0 +1,120 @@
+"""``capcrawl remove``: takedowns rewrite only affected shards and keep samples out of later runs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tarfile
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from crawler.records import ConfigError, DropReason
+from shards.blocklist import parse_takedown
+from shards.cli import add_remove_arguments, remove_config_from_args
+from shards.config import ShardsConfig
+from shards.remove import run_remove
+from shards.run import run_shards
+from shards.synthetic import encode, image_record, make_image, write_scored_part
+
+
+def build(tmp_path: Path) -> tuple[Path, Path, list[dict]]:
+    """Ten samples over four shards; returns (work, out, records)."""
+    records = []
+    for i in range(10):
+        page = "https://blog.example.com/post" if i in (2, 3) else f"https://pages.org/{i}"
+        host = "cdn.badsite.net" if i == 5 else "img.org"
+        records.append(image_record(encode(make_image(200 + i, size=96)), f"https://{host}/{i}.jpg", page_url=page))
+    work = tmp_path / "work"
+    write_scored_part(work, 0, records)
+    out = tmp_path / "out"
+    run_shards(ShardsConfig(work=work, out=out, samples_per_shard=3))
+    return work, out, records
+
+
+def samples(out: Path) -> dict[str, str]:
+    return {r["key"]: r["url"] for p in sorted(out.glob("[0-9]*.parquet")) for r in pq.read_table(p).to_pylist()}
+
+
+def tar_keys(out: Path) -> set[str]:
+    keys = set()
+    for tar in out.glob("*.tar"):
+        with tarfile.open(tar) as tf:
+            keys |= {name.split(".", 1)[0] for name in tf.getnames()}
+    return keys
+
+
+def test_takedown_every_kind_then_rerun_does_not_readd(tmp_path):
+    work, out, records = build(tmp_path)
+    before = samples(out)
+    local = tmp_path / "my_photo.png"
+    make_image(208, size=96).resize((80, 80)).save(local)  # the owner's copy of sample 8, not the same bytes
+    takedown = tmp_path / "takedown.txt"
+    takedown.write_text(
+        "\n".join(
+            [
+                "# takedown requests",
+                records[0]["url"],  # image URL
+                "https://blog.example.com/post",  # page URL: samples 2 and 3
+                "",
+                "domain:badsite.net",  # sample 5 via its subdomain
+                f"sha256:{records[7]['sha256'].upper()}",
+                str(local),  # sample 8 by pHash
+            ]
+        )
+    )
+    stamps = {p.name: p.stat().st_mtime_ns for p in out.glob("*.tar")}
+    manifest = run_remove(remove_config_from_args(_remove_args(["--takedown", str(takedown)]), str(out)))
+
+    after = samples(out)
+    removed_urls = {records[i]["url"] for i in (0, 2, 3, 5, 7, 8)}
+    assert {k: v for k, v in before.items() if v not in removed_urls} == after  # other keys unchanged
+    assert tar_keys(out) == set(after)
+    assert manifest["totals"]["removed"] == {DropReason.BLOCKLISTED.value: 6}
+    assert manifest["totals"]["samples"] == 4
+    untouched = [n for n, s in stamps.items() if (out / n).stat().st_mtime_ns == s]
+    assert untouched == ["00003.tar"]  # samples 9 only: never rewritten
+    log = [json.loads(line) for line in (out / "removals.jsonl").read_text().splitlines()]
+    assert {entry["url"] for entry in log} == removed_urls
+    assert {entry["kind"] for entry in log} == {"url", "domain", "sha256", "phash"}
+    stats = json.loads((out / "00001_stats.json").read_text())
+    assert stats["samples"] == 1 and stats["removed"] == {"blocklisted": 2}
+    assert len(pq.read_table(out / "index" / "00001.parquet")) == 1
+
+    # A re-crawl brings the same images back, one of them under a new URL: none is re-added.
+    write_scored_part(work, 1, [dict(records[8], url="https://new.org/8.jpg", final_url=None), dict(records[0], url="https://cdn.img.org/0.jpg")])
+    rerun = run_shards(ShardsConfig(work=work, out=out, samples_per_shard=3))
+    last = rerun["runs"][-1]["stages"]["shards"]
+    assert last["written"] == 0
+    assert last["dropped"] == {"blocklisted": 8, "duplicate_sha256": 4}
+    assert samples(out) == after
+
+
+def test_takedown_of_nothing_changes_nothing(tmp_path):
+    _, out, _ = build(tmp_path)
+    takedown = tmp_path / "t.txt"
+    takedown.write_text("https://nowhere.org/x.jpg\n")
+    before = {p.name: p.read_bytes() for p in out.glob("*.tar")}
+    manifest = run_remove(remove_config_from_args(_remove_args(["--takedown", str(takedown)]), str(out)))
+    assert manifest["removals"][-1]["shards_rewritten"] == []
+    assert before == {p.name: p.read_bytes() for p in out.glob("*.tar")}
+    assert "nowhere.org" in (out / "blocklist.jsonl").read_text()
+
+
+def test_takedown_file_errors_name_the_line(tmp_path):
+    bad = tmp_path / "bad.txt"
+    bad.write_text("https://ok.org/a.jpg\nsha256:1234\n")
+    with pytest.raises(ConfigError, match="Line 2"):
+        parse_takedown(bad, 4)
+    bad.write_text("no/such/file.jpg\n")
+    with pytest.raises(ConfigError, match="Line 1"):
+        parse_takedown(bad, 4)
+    with pytest.raises(ConfigError, match="does not exist"):
+        remove_config_from_args(_remove_args(["--takedown", str(bad)]), str(tmp_path / "missing"))
+
+
+def _remove_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_remove_arguments(parser)
+    return parser.parse_args(argv)
