@@ -161,6 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="build a demo site on loopback and run the whole pipeline on it, offline")
     p.add_argument("--dir", default="capcrawl-demo", help="where the demo writes (default %(default)s)")
+    p.add_argument("--model-cache", help="where the tiny model is trained/cached (default DIR/model)")
     return parser
 
 
@@ -189,8 +190,7 @@ def cmd_filter(args: argparse.Namespace) -> int:
     from filter.cli import filter_config_from_args
     from filter.stage import run_filter
 
-    stats = run_filter(filter_config_from_args(args, work=args.work))
-    _print_table("filter", stats)
+    print_filter_summary(run_filter(filter_config_from_args(args, work=args.work)))
     return 0
 
 
@@ -198,8 +198,7 @@ def cmd_shards(args: argparse.Namespace) -> int:
     from shards import run_shards
     from shards.cli import shards_config_from_args
 
-    stats = run_shards(shards_config_from_args(args, work=args.work, out=args.out))
-    _print_table("shards", stats)
+    print_shards_summary(run_shards(shards_config_from_args(args, work=args.work, out=args.out)), Path(args.out))
     return 0
 
 
@@ -210,19 +209,23 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .stage import run_crawl
 
     crawl_cfg = crawl_config_from_args(args, seeds=args.seeds)
-    shards_cfg = shards_config_from_args(args, work=args.work, out=args.out)
+    shards_cfg = shards_config_from_args(args, work=args.work, out=args.out, require_inputs=False)
     filter_cfg = None
-    if not getattr(args, "no_filter", False):
+    if not args.no_filter:
+        # Every stage's options, the model's weights included, are checked before the crawl starts.
         from filter.cli import filter_config_from_args
+        from filter.model import resolve_checkpoint, resolve_model_name
 
-        filter_cfg = filter_config_from_args(args, work=args.work)  # validated (model loads) before crawling
+        Path(args.work).mkdir(parents=True, exist_ok=True)
+        filter_cfg = filter_config_from_args(args, work=args.work)
+        resolve_checkpoint(resolve_model_name(filter_cfg.model), filter_cfg.pretrained, filter_cfg.model_cache_dir)
     stats = run_crawl(crawl_cfg, _scrapy_log_level(args))
     print_crawl_summary(stats, Path(crawl_cfg.work) / "crawl")
     if filter_cfg is not None:
         from filter.stage import run_filter
 
-        _print_table("filter", run_filter(filter_cfg))
-    _print_table("shards", run_shards(shards_cfg))
+        print_filter_summary(run_filter(filter_cfg))
+    print_shards_summary(run_shards(shards_cfg), Path(args.out))
     return 0
 
 
@@ -230,14 +233,17 @@ def cmd_remove(args: argparse.Namespace) -> int:
     from shards import run_remove
     from shards.cli import remove_config_from_args
 
-    _print_table("remove", run_remove(remove_config_from_args(args, out=args.out)))
+    manifest = run_remove(remove_config_from_args(args, out=args.out))
+    last = (manifest.get("removals") or [{}])[-1]
+    _print_table("remove", {k: v for k, v in last.items() if k != "shards_rewritten"})
+    print(f"  shards rewritten: {', '.join(last.get('shards_rewritten', [])) or 'none'}")
     return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    return run_demo(Path(args.dir), quiet=args.quiet)
+    return run_demo(Path(args.dir), quiet=args.quiet, model_cache=Path(args.model_cache) if args.model_cache else None)
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
@@ -269,6 +275,19 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
         elif not isinstance(v, list):
             out.append((prefix + str(k), v))
     return out
+
+
+def print_filter_summary(stats: dict[str, Any]) -> None:
+    _print_table("filter", {k: v for k, v in stats.items() if k not in ("this_run", "schema_version")})
+
+
+def print_shards_summary(manifest: dict[str, Any], out: Path) -> None:
+    run = (manifest.get("runs") or [{}])[-1]
+    _print_table(f"shards: {out}", run.get("stages", {}).get("shards", {}))
+    shards = manifest.get("shards", [])
+    print(f"  {'shards in OUT':<40} {len(shards)}")
+    if run.get("dedup_log"):
+        print(f"  {'dedup log':<40} {out / run['dedup_log']}")
 
 
 def print_crawl_summary(stats: dict[str, Any], where: Path) -> None:

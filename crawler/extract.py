@@ -107,15 +107,20 @@ def _has_rel(token: str) -> str:
     return f"contains(concat(' ', normalize-space(translate(@rel, 'LICENS', 'licens')), ' '), ' {token} ')"
 
 
+_TEXT = ".//text()[not(ancestor::script) and not(ancestor::style)]"
+_BLOCK_XPATH = "ancestor::*[" + " or ".join(f"self::{t}" for t in ("p", "div", "li", "td", "figure", "section", "article")) + "]"
+
+
 def _ancestor_text(img: Selector) -> str | None:
-    """Text of the nearest enclosing block with enough words, cut to CONTEXT_CHARS."""
-    for tag in _BLOCKS:
-        anc = img.xpath(f"ancestor::{tag}[1]")
-        if anc:
-            text = clean_text(" ".join(anc[0].xpath(".//text()[not(ancestor::script) and not(ancestor::style)]").getall()))
-            if text and len(text) >= 20:
-                return clean_text(text, CONTEXT_CHARS)
-    return None
+    """Text near an image: its nearest enclosing block with some words (up to three levels),
+    else the elements just before and after it; cut to CONTEXT_CHARS."""
+    for anc in img.xpath(_BLOCK_XPATH)[::-1][:3]:
+        text = clean_text(" ".join(anc.xpath(_TEXT).getall()))
+        if text and len(text) >= 20:
+            return clean_text(text, CONTEXT_CHARS)
+    near = img.xpath("preceding-sibling::*[1] | following-sibling::*[1]")
+    text = clean_text(" ".join(t for n in near for t in n.xpath(_TEXT).getall()))
+    return clean_text(text, CONTEXT_CHARS)
 
 
 def _figure_license(img: Selector, base: str) -> tuple[str | None, str | None]:

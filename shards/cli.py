@@ -42,7 +42,7 @@ def add_shards_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def shards_config_from_args(args: argparse.Namespace, work: str, out: str) -> ShardsConfig:
+def shards_config_from_args(args: argparse.Namespace, work: str, out: str, require_inputs: bool = True) -> ShardsConfig:
     """Build and validate the shards options; raises ConfigError."""
     return ShardsConfig(
         work=work,
@@ -51,7 +51,7 @@ def shards_config_from_args(args: argparse.Namespace, work: str, out: str) -> Sh
         near_dup_distance=args.near_dup_distance,
         semantic_dedup=args.semantic_dedup,
         no_filter=bool(args.no_filter),
-    ).validate()
+    ).validate(require_inputs=require_inputs)
 
 
 def add_remove_arguments(parser: argparse.ArgumentParser) -> None:

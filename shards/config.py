@@ -47,8 +47,12 @@ class ShardsConfig:
     def input_dir(self) -> Path:
         return self.work / (CRAWL_DIR if self.no_filter else SCORED_DIR)
 
-    def validate(self) -> "ShardsConfig":
-        """Raise ConfigError with one actionable sentence if anything is off; return self."""
+    def validate(self, require_inputs: bool = True) -> "ShardsConfig":
+        """Raise ConfigError with one actionable sentence if anything is off; return self.
+
+        ``require_inputs=False`` checks the options only (``capcrawl run`` validates before
+        the earlier stages have written anything).
+        """
         if isinstance(self.samples_per_shard, bool) or not isinstance(self.samples_per_shard, int) or not 1 <= self.samples_per_shard <= MAX_SAMPLES_PER_SHARD:
             raise ConfigError(
                 f"--samples-per-shard must be an integer from 1 to {MAX_SAMPLES_PER_SHARD} (keys hold the index in 4 digits), got {self.samples_per_shard!r}."
@@ -59,7 +63,7 @@ class ShardsConfig:
         if self.semantic_dedup is not None:
             self._check_semantic()
         _check_out(self.out)
-        if not list_parts(self.input_dir):
+        if require_inputs and not list_parts(self.input_dir):
             hint = "run `capcrawl crawl` first" if self.no_filter else "run `capcrawl filter` first, or pass --no-filter to shard crawl parts directly"
             raise ConfigError(f"No parts found in {self.input_dir}; {hint}.")
         return self

@@ -39,6 +39,20 @@ def png(color: str = "green", size: tuple[int, int] = (64, 64)) -> bytes:
     return buf.getvalue()
 
 
+@pytest.fixture(scope="session")
+def tiny_cache(tmp_path_factory) -> Path:
+    """Where the project's tiny open_clip model is trained once per session ($CAPCRAWL_TEST_CACHE to keep it)."""
+    return Path(os.environ.get("CAPCRAWL_TEST_CACHE") or tmp_path_factory.mktemp("tiny-model"))
+
+
+@pytest.fixture(scope="session")
+def tiny(tiny_cache) -> tuple[Path, Path]:
+    """(config JSON, checkpoint) of the tiny model, trained on synthetic shapes."""
+    from filter.tiny import ensure_tiny_model
+
+    return ensure_tiny_model(tiny_cache)
+
+
 @pytest.fixture
 def site():
     with LocalSite("127.0.0.1") as s:

@@ -33,13 +33,6 @@ from tests.filter_support import crawl_row, filter_config, tiny_args, write_part
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(scope="session")
-def tiny(tmp_path_factory) -> tuple[Path, Path]:
-    """(config JSON, checkpoint) of the tiny model; cached in $CAPCRAWL_TEST_CACHE when set."""
-    cache = os.environ.get("CAPCRAWL_TEST_CACHE") or tmp_path_factory.mktemp("tiny-model")
-    return ensure_tiny_model(cache)
-
-
 def _scored(work: Path, index: int = 0):
     return pq.read_table(work / SCORED_DIR / part_name(index))
 

@@ -1,0 +1,92 @@
+"""Run one command and measure it: wall time, /usr/bin/time -v peak RSS, and process-tree peak RSS.
+
+    python bench/measure.py --label NAME --out results.jsonl -- COMMAND [ARGS...]
+
+Prints and appends one JSON line: ``wall_s``, ``rc``, ``time_v_max_rss_kb`` (the largest
+single process, as ``/usr/bin/time -v`` reports it) and ``cpu_s`` (user + system CPU of the command and its waited-for children)
+and ``tree_peak_rss_kb`` (the peak of the
+*sum* of RSS over the command's whole process tree, sampled from /proc every 0.2 s; it counts
+shared library pages once per process, so it is an upper bound on real use).
+Standard library only, so that it runs under any Python.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+
+PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
+
+
+def _children() -> dict[int, list[int]]:
+    kids: dict[int, list[int]] = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as fh:
+                ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        kids.setdefault(ppid, []).append(int(name))
+    return kids
+
+
+def tree_rss_kb(root: int) -> int:
+    """Sum of RSS (KiB) over ``root`` and all its descendants."""
+    kids = _children()
+    total, todo = 0, [root]
+    while todo:
+        pid = todo.pop()
+        todo.extend(kids.get(pid, []))
+        try:
+            with open(f"/proc/{pid}/statm") as fh:
+                total += int(fh.read().split()[1]) * PAGE_KB
+        except (OSError, IndexError, ValueError):
+            pass
+    return total
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--label", required=True)
+    ap.add_argument("--out", help="append the JSON line here too")
+    ap.add_argument("--interval", type=float, default=0.2)
+    ap.add_argument("cmd", nargs=argparse.REMAINDER)
+    a = ap.parse_args()
+    cmd = a.cmd[1:] if a.cmd[:1] == ["--"] else a.cmd
+    with tempfile.NamedTemporaryFile("r", suffix=".time") as tv:
+        start = time.perf_counter()
+        proc = subprocess.Popen(["/usr/bin/time", "-v", "-o", tv.name, *cmd])
+        peak = 0
+        while proc.poll() is None:
+            peak = max(peak, tree_rss_kb(proc.pid))
+            time.sleep(a.interval)
+        wall = time.perf_counter() - start
+        text = tv.read()
+        m = re.search(r"Maximum resident set size \(kbytes\): (\d+)", text)
+        cpu = sum(float(x) for x in re.findall(r"(?:User|System) time \(seconds\): ([\d.]+)", text))
+    rec = {
+        "label": a.label,
+        "rc": proc.returncode,
+        "wall_s": round(wall, 2),
+        "time_v_max_rss_kb": int(m.group(1)) if m else None,
+        "tree_peak_rss_kb": peak,
+        "cpu_s": round(cpu, 2),
+    }
+    line = json.dumps(rec)
+    print(line, file=sys.stderr)
+    if a.out:
+        with open(a.out, "a") as fh:
+            fh.write(line + "\n")
+    return proc.returncode
+
+
+if __name__ == "__main__":
+    sys.exit(main())
