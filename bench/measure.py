@@ -57,18 +57,22 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--label", required=True)
     ap.add_argument("--out", help="append the JSON line here too")
+    ap.add_argument("--log", help="send the command's stdout and stderr to this file (appended)")
     ap.add_argument("--interval", type=float, default=0.2)
     ap.add_argument("cmd", nargs=argparse.REMAINDER)
     a = ap.parse_args()
     cmd = a.cmd[1:] if a.cmd[:1] == ["--"] else a.cmd
     with tempfile.NamedTemporaryFile("r", suffix=".time") as tv:
         start = time.perf_counter()
-        proc = subprocess.Popen(["/usr/bin/time", "-v", "-o", tv.name, *cmd])
+        sink = open(a.log, "ab") if a.log else None
+        proc = subprocess.Popen(["/usr/bin/time", "-v", "-o", tv.name, *cmd], stdout=sink, stderr=sink)
         peak = 0
         while proc.poll() is None:
             peak = max(peak, tree_rss_kb(proc.pid))
             time.sleep(a.interval)
         wall = time.perf_counter() - start
+        if sink is not None:
+            sink.close()
         text = tv.read()
         m = re.search(r"Maximum resident set size \(kbytes\): (\d+)", text)
         cpu = sum(float(x) for x in re.findall(r"(?:User|System) time \(seconds\): ([\d.]+)", text))

@@ -76,21 +76,34 @@ def opt_out_in(values: list[str]) -> str | None:
 
 
 def parse_srcset(srcset: str | None) -> list[tuple[str, float]]:
-    """``[(url, size)]`` from a srcset; width descriptors count as-is, density ``2x`` as 2."""
+    """``[(url, size)]`` from a srcset, following the HTML parsing rules (URLs may hold commas).
+
+    Width descriptors count as-is (``800w`` -> 800), density ones as their factor (``2x`` -> 2).
+    """
     out: list[tuple[str, float]] = []
-    if not srcset:
-        return out
-    # Candidates are comma-separated, but URLs may contain commas: split on ", " boundaries.
-    for cand in re.split(r",\s+|,(?=\S+\s+\d)", srcset.strip()):
-        parts = cand.strip().split()
-        if not parts:
-            continue
-        url, size = parts[0].rstrip(","), 1.0
-        if len(parts) > 1:
-            d = parts[1]
+    text, i, n = srcset or "", 0, len(srcset or "")
+    while i < n:
+        while i < n and (text[i].isspace() or text[i] == ","):
+            i += 1
+        j = i
+        while j < n and not text[j].isspace():
+            j += 1
+        url, i = text[i:j], j
+        if not url:
+            break
+        descriptor = ""
+        if url.endswith(","):
+            url = url.rstrip(",")
+        else:
+            k = text.find(",", i)
+            k = n if k < 0 else k
+            descriptor, i = text[i:k].strip(), k + 1
+        size = 1.0
+        if descriptor:
+            d = descriptor.split()[0]
             try:
-                size = float(d[:-1]) if d[-1] in "wx" else float(d)
-            except (ValueError, IndexError):
+                size = float(d[:-1]) if d[-1] in "wxWX" else float(d)
+            except ValueError:
                 size = 1.0
         out.append((url, size))
     return out

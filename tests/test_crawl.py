@@ -397,3 +397,20 @@ def test_scrapy_crawl_command_uses_the_same_spider(tmp_path, site):
     assert proc.returncode == 0, proc.stderr
     rows = crawl_rows(tmp_path)
     assert [(r["url"], r["status"], r["alt"]) for r in rows] == [(site.url("/a.jpg"), "ok", "an image")]
+
+
+def test_deadline_stops_the_run_and_a_rerun_finishes(tmp_path, site):
+    site.add("/", page("".join(f'<img src="/img/{i}.jpg" alt="image {i}">' for i in range(20))))
+    for i in range(20):
+        site.add(f"/img/{i}.jpg", jpeg(pattern=i + 1), content_type=IMG, delay=0.4)
+    args = ["crawl", site.url("/"), "--work", str(tmp_path), "--allow-private-addresses",
+            "--concurrency", "1", "--per-host-concurrency", "1", "--no-autothrottle"]
+    started = time.monotonic()
+    run_cli(*args, "--deadline", "2", check=True)
+    assert time.monotonic() - started < 30
+    stats = json.loads((tmp_path / "crawl" / "stats.json").read_text())
+    assert stats["finish_reason"] == "closespider_timeout"
+    assert stats["pending"] > 0 and stats["images_total"] + stats["pending"] == 20
+    run_cli(*args, check=True)
+    rows = by_url(crawl_rows(tmp_path))
+    assert len(rows) == 20 and all(r["status"] == "ok" for r in rows.values())

@@ -1,0 +1,114 @@
+"""Pure functions of the crawl stage: HTML extraction, licences, image processing, URL lists."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from PIL import Image
+
+from crawler.extract import extract_page, largest_candidate, opt_out_in
+from crawler.imageproc import ImageOptions, process_image
+from crawler.licenses import normalise, spdx_from_url
+from crawler.middlewares import parse_retry_after
+
+from .conftest import jpeg
+
+XMP = (b'<?xpacket begin="" id="W5M0MpCehiHzreSzNTczkc9d"?><x:xmpmeta xmlns:x="adobe:ns:meta/">'
+       b'<rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#"><rdf:Description '
+       b'xmlns:dc="http://purl.org/dc/elements/1.1/" xmlns:xmpRights="http://ns.adobe.com/xap/1.0/rights/" '
+       b'xmpRights:WebStatement="https://example.com/rights"><dc:rights><rdf:Alt><rdf:li xml:lang="x-default">'
+       b'(c) Jane Doe 2026</rdf:li></rdf:Alt></dc:rights></rdf:Description></rdf:RDF></x:xmpmeta><?xpacket end="w"?>')
+
+
+@pytest.mark.parametrize("url,spdx", [
+    ("https://creativecommons.org/licenses/by/4.0/", "CC-BY-4.0"),
+    ("http://creativecommons.org/licenses/by-sa/4.0/deed.de", "CC-BY-SA-4.0"),
+    ("https://creativecommons.org/licenses/by-nc-nd/3.0/", "CC-BY-NC-ND-3.0"),
+    ("https://creativecommons.org/licenses/by/2.0/fr/", "CC-BY-2.0-FR"),
+    ("https://creativecommons.org/publicdomain/zero/1.0/", "CC0-1.0"),
+    ("https://creativecommons.org/publicdomain/mark/1.0/", "LicenseRef-PDM"),
+    ("https://example.com/my-licence", None),
+])
+def test_cc_urls_to_spdx(url, spdx):
+    assert spdx_from_url(url) == spdx
+
+
+def test_short_licence_names():
+    assert normalise("CC BY-SA 4.0") == ("CC-BY-SA-4.0", None)
+    assert normalise("CC0") == ("CC0-1.0", None)
+
+
+def test_largest_srcset_candidate():
+    assert largest_candidate("a.jpg 480w, b.jpg 1080w, c.jpg 800w") == "b.jpg"
+    assert largest_candidate("a.jpg, b.jpg 2x") == "b.jpg"
+    assert largest_candidate("img,1.jpg 1x, img,2.jpg 2x") == "img,2.jpg"
+
+
+def test_opt_out_directives():
+    assert opt_out_in(["index, follow"]) is None
+    assert opt_out_in(["noindex", "noimageai"]) == "noimageai"
+    assert opt_out_in(["NoAI"]) == "noai"
+
+
+def test_meta_named_after_our_agent_opts_out():
+    html = '<meta name="capcrawl" content="noai"><img src="a.jpg" alt="a">'
+    assert extract_page(html, "http://h/").opt_out == "noai"
+    assert extract_page(html.replace("capcrawl", "otherbot"), "http://h/").opt_out is None
+
+
+def test_retry_after_forms():
+    assert parse_retry_after(b"120") == 120.0
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412480.0 - 60) == pytest.approx(60.0)
+    assert parse_retry_after(b"soon") is None
+
+
+def test_embedded_rights_xmp_and_exif():
+    buf = io.BytesIO()
+    Image.new("RGB", (40, 40), "red").save(buf, "JPEG", xmp=XMP)
+    r = process_image(buf.getvalue(), ImageOptions())
+    assert (r.rights, r.rights_url) == ("(c) Jane Doe 2026", "https://example.com/rights")
+    exif = Image.Exif()
+    exif[0x8298] = "Copyright John Roe"
+    buf = io.BytesIO()
+    Image.new("RGB", (40, 40), "red").save(buf, "JPEG", exif=exif)
+    assert process_image(buf.getvalue(), ImageOptions()).rights == "Copyright John Roe"
+
+
+@pytest.mark.parametrize("mode,size", [
+    ("keep_ratio", (341, 256)), ("keep_ratio_largest", (256, 192)), ("center_crop", (256, 256)),
+    ("border", (256, 256)), ("no", (640, 480)),
+])
+def test_resize_modes(mode, size):
+    r = process_image(jpeg(size=(640, 480), pattern=3), ImageOptions(resize_mode=mode))
+    assert r.status == "ok" and (r.width, r.height) == size
+    assert Image.open(io.BytesIO(r.image)).size == size
+    assert (r.original_width, r.original_height) == (640, 480)
+
+
+def test_exif_orientation_applied():
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise on display
+    buf = io.BytesIO()
+    Image.new("RGB", (200, 100), "blue").save(buf, "JPEG", exif=exif)
+    r = process_image(buf.getvalue(), ImageOptions(resize_mode="no"))
+    assert (r.width, r.height) == (100, 200)
+
+
+def test_phash_and_sha256_are_of_the_original():
+    import hashlib
+
+    import imagehash
+
+    data = jpeg(size=(300, 200), pattern=5)
+    r = process_image(data, ImageOptions(image_size=64))
+    assert r.sha256 == hashlib.sha256(data).hexdigest()
+    full = imagehash.phash(Image.open(io.BytesIO(data)).convert("RGB"))
+    assert full - imagehash.hex_to_hash(r.phash) <= 4
+
+
+def test_alpha_becomes_white_not_black():
+    buf = io.BytesIO()
+    Image.new("RGBA", (50, 50), (255, 0, 0, 0)).save(buf, "PNG")
+    r = process_image(buf.getvalue(), ImageOptions(resize_mode="no"))
+    assert Image.open(io.BytesIO(r.image)).getpixel((25, 25))[0] > 240
