@@ -38,8 +38,11 @@ def _children() -> dict[int, list[int]]:
     return kids
 
 
-def tree_rss_kb(root: int) -> int:
-    """Sum of RSS (KiB) over ``root`` and all its descendants."""
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def tree_rss_kb(root: int, cpu: dict[int, float] | None = None) -> int:
+    """Sum of RSS (KiB) over ``root`` and all its descendants; records each one's CPU seconds in ``cpu``."""
     kids = _children()
     total, todo = 0, [root]
     while todo:
@@ -48,6 +51,10 @@ def tree_rss_kb(root: int) -> int:
         try:
             with open(f"/proc/{pid}/statm") as fh:
                 total += int(fh.read().split()[1]) * PAGE_KB
+            if cpu is not None:
+                with open(f"/proc/{pid}/stat") as fh:
+                    f = fh.read().rsplit(")", 1)[1].split()
+                cpu[pid] = (int(f[11]) + int(f[12])) / TICKS
         except (OSError, IndexError, ValueError):
             pass
     return total
@@ -66,23 +73,27 @@ def main() -> int:
         start = time.perf_counter()
         sink = open(a.log, "ab") if a.log else None
         proc = subprocess.Popen(["/usr/bin/time", "-v", "-o", tv.name, *cmd], stdout=sink, stderr=sink)
-        peak = 0
+        peak, cpu = 0, {}
         while proc.poll() is None:
-            peak = max(peak, tree_rss_kb(proc.pid))
+            peak = max(peak, tree_rss_kb(proc.pid, cpu))
             time.sleep(a.interval)
         wall = time.perf_counter() - start
+        kids = [p for p in cpu if p != proc.pid]
+        main_pid = min(kids) if kids else proc.pid  # the command itself: /usr/bin/time's first child
         if sink is not None:
             sink.close()
         text = tv.read()
         m = re.search(r"Maximum resident set size \(kbytes\): (\d+)", text)
-        cpu = sum(float(x) for x in re.findall(r"(?:User|System) time \(seconds\): ([\d.]+)", text))
+        cpu_total = sum(float(x) for x in re.findall(r"(?:User|System) time \(seconds\): ([\d.]+)", text))
     rec = {
         "label": a.label,
         "rc": proc.returncode,
         "wall_s": round(wall, 2),
         "time_v_max_rss_kb": int(m.group(1)) if m else None,
         "tree_peak_rss_kb": peak,
-        "cpu_s": round(cpu, 2),
+        "cpu_s": round(cpu_total, 2),
+        # CPU seconds of the command's main process (last sample, so slightly under), and of the rest
+        "cpu_main_s": round(cpu.get(main_pid, 0.0), 2),
     }
     line = json.dumps(rec)
     print(line, file=sys.stderr)

@@ -33,10 +33,10 @@ count() { "$PY" "$REPO/bench/count_samples.py" "$1" --urls "$URLS"; }
 run_img2dataset() {  # run_img2dataset N
     local out="$RUNS/i2d-$1"
     rm -rf "$out"
-    measure --label "img2dataset/$1" -- "$I2D_VENV/bin/img2dataset" --url_list "$URLS" --input_format csv \
+    measure --label "img2dataset/$1" --log "$RUNS/i2d-$1.log" -- "$I2D_VENV/bin/img2dataset" --url_list "$URLS" --input_format csv \
         --url_col url --caption_col caption --output_format webdataset --image_size 256 --resize_mode keep_ratio \
         --processes_count 2 --thread_count 64 --number_sample_per_shard 1000 --timeout 10 --retries 0 \
-        --enable_wandb False --output_folder "$out" >"$RUNS/i2d-$1.log" 2>&1
+        --enable_wandb False --output_folder "$out"
     echo "{\"label\": \"img2dataset/$1/count\", \"count\": $(count "$out")}" >>"$RES"
 }
 
@@ -44,11 +44,10 @@ run_capcrawl() {  # run_capcrawl N
     local work="$RUNS/cc-$1-work" out="$RUNS/cc-$1-out"
     rm -rf "$work" "$out"
     # shellcheck disable=SC2086
-    measure --label "capcrawl/$1/download" -- "$CAPCRAWL" -q download "$URLS" --work "$work" \
+    measure --label "capcrawl/$1/download" --log "$RUNS/cc-$1.log" -- "$CAPCRAWL" -q download "$URLS" --work "$work" \
         --caption-col caption --allow-private-addresses --image-size 256 --resize-mode keep_ratio \
-        --image-format jpg --timeout 10 --retries 0 $CAPCRAWL_FLAGS >"$RUNS/cc-$1.log" 2>&1
-    measure --label "capcrawl/$1/shards" -- "$CAPCRAWL" -q shards --work "$work" --out "$out" --no-filter \
-        >>"$RUNS/cc-$1.log" 2>&1
+        --image-format jpg --timeout 10 --retries 0 $CAPCRAWL_FLAGS
+    measure --label "capcrawl/$1/shards" --log "$RUNS/cc-$1.log" -- "$CAPCRAWL" -q shards --work "$work" --out "$out" --no-filter
     echo "{\"label\": \"capcrawl/$1/count\", \"count\": $(count "$out")}" >>"$RES"
 }
 
@@ -66,18 +65,19 @@ import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
 by = {r["label"]: r for r in rows}
 ratios = []
-print(f"{'pair':<5}{'tool':<13}{'wall s':>8}{'images':>8}{'img/s':>8}{'maxRSS MB':>11}{'treeRSS MB':>12}  missing")
+print(f"{'pair':<5}{'tool':<13}{'wall s':>8}{'CPU s':>7}{'images':>8}{'img/s':>8}{'maxRSS MB':>11}{'treeRSS MB':>12}  missing")
 for i in range(1, int(sys.argv[2]) + 1):
     i2d, cnt_i = by[f"img2dataset/{i}"], by[f"img2dataset/{i}/count"]["count"]
     dl, sh, cnt_c = by[f"capcrawl/{i}/download"], by[f"capcrawl/{i}/shards"], by[f"capcrawl/{i}/count"]["count"]
     # capcrawl: wall = download + shards; RSS = the larger of the two commands (they run one after the other)
     cc = {"wall_s": dl["wall_s"] + sh["wall_s"],
           "time_v_max_rss_kb": max(dl["time_v_max_rss_kb"], sh["time_v_max_rss_kb"]),
-          "tree_peak_rss_kb": max(dl["tree_peak_rss_kb"], sh["tree_peak_rss_kb"])}
+          "tree_peak_rss_kb": max(dl["tree_peak_rss_kb"], sh["tree_peak_rss_kb"]),
+          "cpu_s": dl["cpu_s"] + sh["cpu_s"]}
     rate = {}
     for tool, r, c in (("img2dataset", i2d, cnt_i), ("capcrawl", cc, cnt_c)):
         rate[tool] = c["samples"] / r["wall_s"]
-        print(f"{i:<5}{tool:<13}{r['wall_s']:>8.1f}{c['samples']:>8}{rate[tool]:>8.1f}"
+        print(f"{i:<5}{tool:<13}{r['wall_s']:>8.1f}{r['cpu_s']:>7.1f}{c['samples']:>8}{rate[tool]:>8.1f}"
               f"{r['time_v_max_rss_kb']/1024:>11.0f}{r['tree_peak_rss_kb']/1024:>12.0f}  {c['missing']}")
     print(f"     capcrawl download {dl['wall_s']:.1f} s + shards {sh['wall_s']:.1f} s")
     ratios.append(rate["capcrawl"] / rate["img2dataset"])

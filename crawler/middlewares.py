@@ -87,9 +87,43 @@ class RobotsMiddleware(RobotsTxtMiddleware):
     None ("no robots.txt") and is let through. Here waiters wait on their own future.
     """
 
+    max_crawl_delay = 60.0
+
     def __init__(self, crawler: Crawler):
         super().__init__(crawler)
         self._fetching: dict[str, asyncio.Future] = {}
+        self.crawl_delays: dict[str, float] = {}  # slot key -> robots.txt Crawl-delay
+
+    async def process_request(self, request: Request, spider: Spider | None = None) -> None:
+        await super().process_request(request)
+        self._keep_crawl_delay(request)
+
+    def process_response(self, request: Request, response: Response, spider: Spider | None = None) -> Response:
+        self._keep_crawl_delay(request)  # AutoThrottle may have lowered the delay meanwhile
+        return response
+
+    def _keep_crawl_delay(self, request: Request) -> None:
+        downloader = self.crawler.engine.downloader
+        key = downloader.get_slot_key(request)
+        delay = self.crawl_delays.get(key)
+        slot = downloader.slots.get(key)
+        if delay and slot is not None:
+            slot.jitter = 0.0  # Crawl-delay is a minimum; a random 0.5x would break it
+            slot.delay = max(slot.delay, delay)
+
+    def process_request_2(self, rp: Any, request: Request) -> None:
+        if rp is not None:
+            key = self.crawler.engine.downloader.get_slot_key(request)
+            if key not in self.crawl_delays:
+                agent = self._robotstxt_useragent or request.headers.get(b"User-Agent", self._default_useragent)
+                delay = rp.crawl_delay(agent)
+                self.crawl_delays[key] = min(float(delay), self.max_crawl_delay) if delay else 0.0
+                if delay:
+                    self._stats.set_value(f"capcrawl/crawl_delay/{key}", self.crawl_delays[key])
+        try:
+            super().process_request_2(rp, request)
+        except IgnoreRequest as e:
+            raise RobotsForbidden(str(e)) from e
 
     async def robot_parser(self, request: Request) -> Any:
         netloc = urlparse_cached(request).netloc
@@ -104,12 +138,6 @@ class RobotsMiddleware(RobotsTxtMiddleware):
         finally:
             del self._fetching[netloc]
             done.set_result(None)
-
-    def process_request_2(self, rp: Any, request: Request) -> None:
-        try:
-            super().process_request_2(rp, request)
-        except IgnoreRequest as e:
-            raise RobotsForbidden(str(e)) from e
 
 
 def parse_retry_after(value: bytes | str | None, now: float | None = None) -> float | None:

@@ -14,7 +14,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from .imageproc import ImageOptions, ImageResult, process_batch
+from .imageproc import ImageOptions, ImageResult, process_batch, warm_up
 from .records import (
     CRAWL_COLUMNS,
     CRAWL_SCHEMA,
@@ -138,6 +138,8 @@ class ImagePipeline:
         cfg = spider.config
         workers = cfg.workers or max(1, os.cpu_count() or 1)
         self.executor = cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+        for _ in range(workers):  # start the workers now, while robots.txt and the first pages download
+            self.executor.submit(warm_up)
         self.batcher = PoolBatcher(self.executor, cfg.image_options())
         self.writer = PartWriter(spider.crawl_dir, cfg.part_rows)
 

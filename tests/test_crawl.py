@@ -414,3 +414,15 @@ def test_deadline_stops_the_run_and_a_rerun_finishes(tmp_path, site):
     run_cli(*args, check=True)
     rows = by_url(crawl_rows(tmp_path))
     assert len(rows) == 20 and all(r["status"] == "ok" for r in rows.values())
+
+
+def test_robots_crawl_delay_is_honoured(tmp_path, site):
+    site.add("/robots.txt", "User-agent: *\nCrawl-delay: 1\n", content_type="text/plain")
+    site.add("/", page("".join(f'<img src="/img/{i}.jpg" alt="image {i}">' for i in range(4))))
+    for i in range(4):
+        site.add(f"/img/{i}.jpg", jpeg(pattern=i + 1), content_type=IMG)
+    run_cli("crawl", site.url("/"), "--work", str(tmp_path), "--allow-private-addresses", check=True)
+    times = sorted(e.at for e in site.log if e.path.startswith("/img/"))
+    assert len(times) == 4
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    assert min(gaps[1:]) >= 0.9, gaps
