@@ -43,7 +43,7 @@ def build_site(a, b) -> dict[str, str]:
     """Every misbehaviour the crawler must survive; returns names -> absolute image URLs."""
     a.add("/robots.txt", "User-agent: *\nDisallow: /private/\n", content_type="text/plain")
     links = ["/lic.html", "/lazy.html", "/base/index.html", "/latin1.html", "/noai.html", "/bad.html",
-             "/trap/0.html", "/private/page.html", b.url("/off.html")]
+             "/trap/0.html", "/private/page.html", b.url("/off.html"), "/away.html"]
     a.add("/", page("<p>Welcome to the test site, which has images.</p>"
                     + "".join(f'<a href="{h}">{h}</a> ' for h in links)
                     + '<a href="mailto:x@example.com">mail</a><a href="#top">top</a>'))
@@ -85,6 +85,8 @@ def build_site(a, b) -> dict[str, str]:
     a.add("/private/page.html", page("secret"))
     a.add("/private/img.jpg", jpeg("black"), content_type=IMG)
     b.add("/off.html", page('<img src="/offimg.jpg" alt="off">'))
+    a.add("/away.html", redirect_to=b.url("/redirected.html"))
+    b.add("/redirected.html", page('<img src="/redirimg.jpg" alt="redirected away">'))
     b.add("/cdn.jpg", jpeg("purple"), content_type=IMG)
 
     good = ["pagelic", "figlic", "jsonld", "micro", "large", "lazy", "pic-l.webp", "og", "cafe", "optout", "final",
@@ -244,7 +246,8 @@ def test_link_trap_cut_by_depth(crawled):
 def test_offsite_pages_not_crawled_but_cdn_images_are(crawled):
     b = crawled["b"]
     assert b.requested("/off.html") == 0
-    assert crawled["stats"]["pages"]["offsite"] >= 1
+    assert crawled["stats"]["pages"]["offsite"] >= 2
+    assert b.requested("/redirimg.jpg") == 0, "a page redirected off-site was crawled"
     assert crawled["rows"][b.url("/cdn.jpg")]["status"] == "ok"
 
 

@@ -149,6 +149,9 @@ class ImagesSpider(scrapy.Spider):
         if not isinstance(response, TextResponse):
             self.journal.add(PageEntry(page_url, depth, PageStatus.NOT_HTML.value, [], []))
             return
+        if depth > 0 and not _host_in(urlsplit(response.url).hostname or "", self.scope):
+            self.journal.add(PageEntry(page_url, depth, PageStatus.OFFSITE.value, [], []))  # redirected out of scope
+            return
         info = extract_page(response.selector, response.url, self.agent_token)
         header_opt_out = opt_out_in([h.decode("latin-1") for h in response.headers.getlist(b"X-Robots-Tag")])
         opt_out = info.opt_out or header_opt_out
