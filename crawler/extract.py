@@ -56,20 +56,29 @@ def clean_text(text: str | None, limit: int | None = None) -> str | None:
     return t or None
 
 
-def robots_directives(value: str | None) -> set[str]:
+_AGENT_PREFIX = re.compile(r"^\s*([A-Za-z][\w-]*)\s*:\s*(.*)$", re.S)
+
+
+def robots_directives(value: str | None, agent: str | None = None) -> set[str]:
     """Lower-cased directives of a robots meta content or X-Robots-Tag value.
 
-    ``X-Robots-Tag: otherbot: noai`` style prefixes are kept as-is and do not match.
+    ``X-Robots-Tag: otherbot: noai`` applies to ``otherbot`` only: such a value counts
+    when ``agent`` is that bot and is ignored otherwise.
     """
     if not value:
         return set()
+    m = _AGENT_PREFIX.match(value)
+    if m and m.group(1).lower() != "unavailable_after":
+        if agent is None or m.group(1).lower() != agent.lower():
+            return set()
+        value = m.group(2)
     return {d.strip().lower() for d in re.split(r"[,\s]+", value) if d.strip()}
 
 
-def opt_out_in(values: list[str]) -> str | None:
-    """The first noai/noimageai directive in any of ``values``."""
+def opt_out_in(values: list[str], agent: str | None = None) -> str | None:
+    """The first noai/noimageai directive in any of ``values`` (for everyone, or for ``agent``)."""
     for v in values:
-        hit = robots_directives(v) & OPT_OUT_DIRECTIVES
+        hit = robots_directives(v, agent) & OPT_OUT_DIRECTIVES
         if hit:
             return sorted(hit)[0]
     return None

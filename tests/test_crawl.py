@@ -429,3 +429,28 @@ def test_robots_crawl_delay_is_honoured(tmp_path, site):
     assert len(times) == 4
     gaps = [b - a for a, b in zip(times, times[1:])]
     assert min(gaps[1:]) >= 0.9, gaps
+
+
+def test_progress_line_on_a_terminal(tmp_path, site):
+    import pty
+
+    site.add("/", page('<img src="/a.jpg" alt="a"><img src="/missing.jpg" alt="b">'))
+    site.add("/a.jpg", jpeg(), content_type=IMG)
+    master, slave = pty.openpty()
+    proc = subprocess.run(
+        [sys.executable, "-m", "crawler.cli", "crawl", site.url("/"), "--work", str(tmp_path), "--allow-private-addresses"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=slave, text=True, timeout=120,
+    )
+    os.close(slave)
+    screen = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        screen += chunk
+    os.close(master)
+    assert proc.returncode == 0
+    assert b"images ok 1 | failed 1 (http_404 1)" in screen, screen

@@ -49,6 +49,8 @@ def test_opt_out_directives():
     assert opt_out_in(["index, follow"]) is None
     assert opt_out_in(["noindex", "noimageai"]) == "noimageai"
     assert opt_out_in(["NoAI"]) == "noai"
+    assert opt_out_in(["otherbot: noai"], "capcrawl") is None
+    assert opt_out_in(["capcrawl: noimageai"], "capcrawl") == "noimageai"
 
 
 def test_meta_named_after_our_agent_opts_out():

@@ -153,7 +153,7 @@ class ImagesSpider(scrapy.Spider):
             self.journal.add(PageEntry(page_url, depth, PageStatus.OFFSITE.value, [], []))  # redirected out of scope
             return
         info = extract_page(response.selector, response.url, self.agent_token)
-        header_opt_out = opt_out_in([h.decode("latin-1") for h in response.headers.getlist(b"X-Robots-Tag")])
+        header_opt_out = opt_out_in([h.decode("latin-1") for h in response.headers.getlist(b"X-Robots-Tag")], self.agent_token)
         opt_out = info.opt_out or header_opt_out
         self.skipped["data_uri"] += info.data_uris
         for ref in info.images:
@@ -215,7 +215,7 @@ class ImagesSpider(scrapy.Spider):
         self.outstanding.discard(item["url"])
         item["final_url"] = response.url
         tags = [h.decode("latin-1") for h in response.headers.getlist(b"X-Robots-Tag")]
-        if opt_out := opt_out_in(tags):
+        if opt_out := opt_out_in(tags, self.agent_token):
             yield {**item, "status": Status.NOAI.value, "error": f"X-Robots-Tag: {opt_out}"}
             return
         ctype = (response.headers.get(b"Content-Type") or b"").decode("latin-1") or None
