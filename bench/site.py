@@ -2,7 +2,7 @@
 
 Idempotent: images are generated once into DIR/site/img and reused by every benchmark.
 
-    python bench/site.py DIR [--images 3000] [--list-sizes 20000 100000]
+    python bench/site.py DIR [--images 3000] [--list-sizes 20000 100000] [--list-images small|img]
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ W, H = 640, 480
 PAGES = 100
 
 
-def make_jpeg(i: int) -> bytes:
+def make_jpeg(i: int, W: int = W, H: int = H) -> bytes:
     """A 640x480 JPEG of 40-80 KB: a colour gradient, soft random blobs and sensor-like noise."""
     rng = np.random.default_rng(i)
     y, x = np.mgrid[0:H, 0:W].astype(np.float32)
@@ -36,24 +36,29 @@ def make_jpeg(i: int) -> bytes:
     return buf.getvalue()
 
 
-def _write(args: tuple[Path, int]) -> int:
-    path, i = args
-    data = make_jpeg(i)
+def _write(args: tuple[Path, int, int, int]) -> int:
+    path, i, w, h = args
+    data = make_jpeg(i, w, h)
     tmp = path.with_suffix(".tmp")
     tmp.write_bytes(data)
     tmp.rename(path)
     return len(data)
 
 
-def build(root: Path, n_images: int, list_sizes: list[int], port: int) -> None:
-    site = root / "site"
-    img = site / "img"
-    img.mkdir(parents=True, exist_ok=True)
-    todo = [(img / f"{i:05d}.jpg", i) for i in range(n_images) if not (img / f"{i:05d}.jpg").exists()]
+def _generate(directory: Path, n: int, w: int, h: int) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    todo = [(directory / f"{i:05d}.jpg", i, w, h) for i in range(n) if not (directory / f"{i:05d}.jpg").exists()]
     if todo:
-        print(f"site.py: generating {len(todo)} JPEGs in {img} ...", flush=True)
+        print(f"site.py: generating {len(todo)} {w}x{h} JPEGs in {directory} ...", flush=True)
         with ProcessPoolExecutor(os.cpu_count() or 1) as pool:
             list(pool.map(_write, todo, chunksize=32))
+
+
+def build(root: Path, n_images: int, list_sizes: list[int], port: int, list_dir: str) -> None:
+    site = root / "site"
+    _generate(site / "img", n_images, W, H)
+    if list_sizes and list_dir == "small":
+        _generate(site / "small", n_images, W // 4, H // 4)
     base = f"http://127.0.0.1:{port}"
     names = [f"{i:05d}.jpg" for i in range(n_images)]
     # URL list with a caption column: `capcrawl shards --no-filter` keeps only captioned rows.
@@ -65,7 +70,7 @@ def build(root: Path, n_images: int, list_sizes: list[int], port: int) -> None:
         with open(root / f"urls-{n}.csv", "w") as fh:
             fh.write("url,caption\n")
             for i in range(n):
-                fh.write(f"{base}/img/{names[i % n_images]}?i={i},synthetic image number {i}\n")
+                fh.write(f"{base}/{list_dir}/{names[i % n_images]}?i={i},synthetic image number {i}\n")
     # 100 pages on two hosts (127.0.0.1 and 127.0.0.2), each with n/100 images of its own host.
     per_page = -(-n_images // PAGES)
     hosts = [f"http://127.0.0.1:{port}", f"http://127.0.0.2:{port}"]
@@ -96,9 +101,11 @@ def main() -> None:
     ap.add_argument("dir", type=Path)
     ap.add_argument("--images", type=int, default=3000)
     ap.add_argument("--port", type=int, default=18089)
-    ap.add_argument("--list-sizes", type=int, nargs="*", default=[])
+    ap.add_argument("--list-sizes", type=int, nargs="*", default=[], help="also write urls-N.csv lists of N URLs")
+    ap.add_argument("--list-images", choices=("small", "img"), default="small",
+                    help="what the urls-N.csv lists point at: 160x120 copies (default, fast) or the 640x480 originals")
     a = ap.parse_args()
-    build(a.dir, a.images, a.list_sizes, a.port)
+    build(a.dir, a.images, a.list_sizes, a.port, a.list_images)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Callable, NoReturn, Sequence
 
 from .config import LIST_FORMATS, CrawlConfig
-from .imageproc import IMAGE_FORMATS, RESIZE_MODES
+from .imageproc import IMAGE_FORMATS, RESAMPLE_FILTERS, RESIZE_MODES
 from .records import ConfigError
 
 log = logging.getLogger("capcrawl")
@@ -56,6 +56,8 @@ def add_crawl_arguments(p: argparse.ArgumentParser, crawl: bool = True) -> None:
     i.add_argument("--image-size", type=int, default=d.image_size, help="target size in pixels (default %(default)s)")
     i.add_argument("--resize-mode", choices=RESIZE_MODES, default=d.resize_mode)
     i.add_argument("--resize-only-if-bigger", action="store_true", help="never upscale")
+    i.add_argument("--resample", choices=RESAMPLE_FILTERS, default=d.resample,
+                   help="area: pixel averaging when shrinking (as img2dataset), Lanczos when enlarging (default)")
     i.add_argument("--image-format", choices=tuple(IMAGE_FORMATS), default=d.image_format)
     i.add_argument("--quality", type=int, default=d.quality, help="JPEG/WebP quality (default %(default)s)")
     i.add_argument("--min-image-size", type=int, default=d.min_image_size, help="smaller sides are too_small")
@@ -88,6 +90,7 @@ def crawl_config_from_args(args: argparse.Namespace, seeds: list[str] | None = N
         image_size=args.image_size,
         resize_mode=args.resize_mode,
         resize_only_if_bigger=args.resize_only_if_bigger,
+        resample=args.resample,
         image_format=args.image_format,
         quality=args.quality,
         min_image_size=args.min_image_size,

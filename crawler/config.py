@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from .imageproc import IMAGE_FORMATS, RESIZE_MODES, ImageOptions
+from .imageproc import IMAGE_FORMATS, RESAMPLE_FILTERS, RESIZE_MODES, ImageOptions
 from .records import ConfigError
 
 log = logging.getLogger(__name__)
@@ -36,6 +36,7 @@ class CrawlConfig:
     image_size: int = 256
     resize_mode: str = "keep_ratio"
     resize_only_if_bigger: bool = False
+    resample: str = "area"
     image_format: str = "jpg"
     quality: int = 95
     min_image_size: int = 10
@@ -65,6 +66,7 @@ class CrawlConfig:
             min_image_size=self.min_image_size,
             max_pixels=self.max_pixels,
             resize_only_if_bigger=self.resize_only_if_bigger,
+            resample=self.resample,
         )
 
     def validate(self) -> "CrawlConfig":
@@ -86,6 +88,8 @@ class CrawlConfig:
             raise ConfigError(f"--quality must be between 1 and 100, got {self.quality}.")
         if self.resize_mode not in RESIZE_MODES:
             raise ConfigError(f"--resize-mode must be one of {', '.join(RESIZE_MODES)}, got {self.resize_mode!r}.")
+        if self.resample not in RESAMPLE_FILTERS:
+            raise ConfigError(f"--resample must be one of {', '.join(RESAMPLE_FILTERS)}, got {self.resample!r}.")
         if self.image_format not in IMAGE_FORMATS:
             raise ConfigError(f"--image-format must be one of {', '.join(IMAGE_FORMATS)}, got {self.image_format!r}.")
         if not self.user_agent.strip():

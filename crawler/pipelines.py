@@ -8,6 +8,7 @@ import json
 import logging
 import multiprocessing
 import os
+import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,6 @@ from .records import (
     STATS_FILE,
     SCHEMA_VERSION,
     atomic_write_bytes,
-    atomic_write_parquet,
     list_parts,
     part_name,
     table_from_rows,
@@ -30,37 +30,72 @@ from .records import (
 log = logging.getLogger(__name__)
 
 PART_MAX_BYTES = 256 * 1024 * 1024
+# zstd for every column but the image bytes, which are JPEG/WebP/PNG already: compressing
+# them again costs reactor CPU and saves nothing.
+PART_COMPRESSION = {name: ("none" if name == "image" else "zstd") for name in CRAWL_SCHEMA.names}
 _RESULT_FIELDS = tuple(ImageResult.__dataclass_fields__)
 
 
 class PartWriter:
-    """Buffers crawl rows and writes ``part-NNNNN.parquet`` files atomically, rolling on rows or bytes."""
+    """Streams crawl rows into ``part-NNNNN.parquet`` files, rolling on rows or bytes.
 
-    def __init__(self, directory: Path, rows_per_part: int, max_bytes: int = PART_MAX_BYTES):
+    Rows go out in row groups of ``group_rows`` to a temporary file beside the part, which is
+    renamed into place only when the part is complete (so a crash loses at most that part's
+    rows, as before). Holding one row group rather than a whole part keeps the reactor
+    process's memory flat and spreads the encoding work over the run.
+    """
+
+    def __init__(self, directory: Path, rows_per_part: int, max_bytes: int = PART_MAX_BYTES, group_rows: int = 256):
         self.directory = directory
         self.rows_per_part = rows_per_part
         self.max_bytes = max_bytes
+        self.group_rows = group_rows
+        for stale in directory.glob(".part-*.tmp"):  # left by a run that was killed mid-part
+            stale.unlink()
         existing = list_parts(directory)
         self.next_index = int(existing[-1].stem.split("-")[1]) + 1 if existing else 0
-        self.rows: list[dict[str, Any]] = []
-        self.nbytes = 0
+        self.rows: list[dict[str, Any]] = []  # the open row group
+        self.nbytes = 0  # of the open part, written or buffered
+        self.part_rows = 0  # rows of the open part already in its temporary file
         self.written = 0
+        self._tmp: Path | None = None
+        self._writer: pq.ParquetWriter | None = None
 
     def add(self, row: dict[str, Any]) -> None:
         self.rows.append(row)
         self.nbytes += len(row.get("image") or b"") + 512
-        if len(self.rows) >= self.rows_per_part or self.nbytes >= self.max_bytes:
+        if self.part_rows + len(self.rows) >= self.rows_per_part or self.nbytes >= self.max_bytes:
             self.flush()
+        elif len(self.rows) >= self.group_rows:
+            self._write_group()
 
-    def flush(self) -> None:
+    def _write_group(self) -> None:
         if not self.rows:
             return
         table = table_from_rows(self.rows, CRAWL_SCHEMA)
-        path = atomic_write_parquet(table, self.directory / part_name(self.next_index))
-        log.debug("wrote %s (%d rows)", path, table.num_rows)
-        self.written += table.num_rows
+        if self._writer is None:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{part_name(self.next_index)}.", suffix=".tmp", dir=self.directory)
+            os.close(fd)
+            self._tmp = Path(tmp)
+            self._writer = pq.ParquetWriter(self._tmp, CRAWL_SCHEMA, compression=PART_COMPRESSION)
+        self._writer.write_table(table)
+        self.part_rows += table.num_rows
+        self.rows = []
+
+    def flush(self) -> None:
+        """Finish the open part (if it has rows) and rename it into place."""
+        self._write_group()
+        if self._writer is None:
+            return
+        self._writer.close()
+        path = self.directory / part_name(self.next_index)
+        os.replace(self._tmp, path)
+        log.debug("wrote %s (%d rows)", path, self.part_rows)
+        self.written += self.part_rows
         self.next_index += 1
-        self.rows, self.nbytes = [], 0
+        self._writer, self._tmp = None, None
+        self.part_rows, self.nbytes = 0, 0
 
 
 class PoolBatcher:

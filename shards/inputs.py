@@ -1,7 +1,7 @@
 """Read the shards stage's input: scored parts (+ embeddings), or crawl parts with --no-filter.
 
 Pass 1 (:func:`load_candidates`) reads every column but the image bytes, so
-dedup decisions need memory for metadata only; pass 2 (:func:`read_rows`)
+dedup decisions need memory for metadata only; pass 2 (:func:`iter_rows`)
 re-reads one part at a time, with images, for the rows to write.
 """
 
@@ -11,6 +11,7 @@ import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -70,11 +71,18 @@ def crawl_to_scored(table: pa.Table) -> pa.Table:
     return table
 
 
+def _input_columns(names: list[str], no_filter: bool, with_image: bool) -> list[str]:
+    source = CRAWL_SCHEMA if no_filter else SCORED_SCHEMA
+    return [n for n in names if n in source.names and (with_image or n != "image")]
+
+
 def read_part(path: Path, no_filter: bool, with_image: bool) -> pa.Table:
     """One input part as scored rows (META_SCHEMA, plus ``image`` if ``with_image``)."""
-    source = CRAWL_SCHEMA if no_filter else SCORED_SCHEMA
-    columns = [n for n in pq.read_schema(path).names if n in source.names and (with_image or n != "image")]
-    table = pq.read_table(path, columns=columns)
+    table = pq.read_table(path, columns=_input_columns(pq.read_schema(path).names, no_filter, with_image))
+    return _as_scored(table, no_filter, with_image)
+
+
+def _as_scored(table: pa.Table, no_filter: bool, with_image: bool) -> pa.Table:
     if no_filter:
         crawl = pa.schema([f for f in CRAWL_SCHEMA if with_image or f.name != "image"])
         table = crawl_to_scored(conform(table, crawl))
@@ -132,12 +140,21 @@ def _stack_embeddings(embs: list[np.ndarray]) -> np.ndarray:
     return np.concatenate(embs) if embs else np.zeros((0, 0), dtype=np.float16)
 
 
-def read_rows(part: Path, rows: np.ndarray, no_filter: bool) -> tuple[pa.Table, np.ndarray | None]:
-    """Pass 2: the given rows of one part with their images (SCORED_SCHEMA), and their embeddings."""
-    table = read_part(part, no_filter, with_image=True)
-    emb = None if no_filter else _embeddings_of(part, table.num_rows)
-    picked = table.take(pa.array(rows))
-    return picked, (np.asarray(emb[rows], dtype=np.float16) if emb is not None else None)
+def iter_rows(part: Path, rows: np.ndarray, no_filter: bool, batch_rows: int = 256) -> Iterator[tuple[pa.Table, np.ndarray | None]]:
+    """Pass 2: the given rows (ascending) of one part with their images (SCORED_SCHEMA) and
+    embeddings, a record batch at a time, so memory holds one batch of images, not a part."""
+    pf = pq.ParquetFile(part)
+    columns = _input_columns(pf.schema_arrow.names, no_filter, with_image=True)
+    emb = None if no_filter else _embeddings_of(part, pf.metadata.num_rows)
+    start = 0
+    for batch in pf.iter_batches(batch_size=batch_rows, columns=columns):
+        lo, hi = np.searchsorted(rows, [start, start + batch.num_rows])
+        if hi > lo:
+            picked = pa.Table.from_batches([batch]).take(pa.array(rows[lo:hi] - start))
+            yield _as_scored(picked, no_filter, with_image=True), (
+                np.asarray(emb[rows[lo:hi]], dtype=np.float16) if emb is not None else None
+            )
+        start += batch.num_rows
 
 
 def embedding_dim(parts: list[Path], no_filter: bool) -> int | None:

@@ -20,7 +20,7 @@ from crawler.records import CRAWL_DIR, SCORED_DIR, STATS_FILE, DropReason, atomi
 from shards.blocklist import Blocklist
 from shards.config import ShardsConfig
 from shards.dedup import KEPT, HashSet, Verdicts, deduplicate, priority_rank
-from shards.inputs import PART_COLUMN, ROW_COLUMN, Candidates, embedding_dim, load_candidates, read_rows
+from shards.inputs import PART_COLUMN, ROW_COLUMN, Candidates, embedding_dim, iter_rows, load_candidates
 from shards.manifest import update_manifest
 from shards.outdir import DEDUP_LOG_DIR, clean_incomplete, list_shards, locked, next_shard_number, read_index, read_json
 from shards.phash import hex_to_uint64
@@ -110,14 +110,16 @@ def write_samples(config: ShardsConfig, cands: Candidates, verdicts: Verdicts) -
             mine = part_of == part_index
             if not mine.any():
                 continue
-            table, emb = read_rows(part, row_of[mine], config.no_filter)
-            images = table.column("image").to_pylist()
-            for j, (pos, record) in enumerate(zip(kept[mine].tolist(), _records(table))):
-                if not images[j]:
-                    log.warning("%s has status ok but no image bytes; skipped", record["url"])
-                    no_image += 1
-                    continue
-                keys[pos] = writer.write(record, images[j], None if emb is None else emb[j])
+            positions = iter(kept[mine].tolist())
+            for table, emb in iter_rows(part, row_of[mine], config.no_filter):
+                images = table.column("image").to_pylist()
+                # records first: zip stops on them without taking a position of the next batch
+                for j, (record, pos) in enumerate(zip(_records(table), positions)):
+                    if not images[j]:
+                        log.warning("%s has status ok but no image bytes; skipped", record["url"])
+                        no_image += 1
+                        continue
+                    keys[pos] = writer.write(record, images[j], None if emb is None else emb[j])
     return keys, writer, no_image
 
 
@@ -171,6 +173,13 @@ def run_shards(config: ShardsConfig) -> dict[str, Any]:
         cands = load_candidates(config.input_dir, config.no_filter, config.semantic_dedup is not None)
         existing = load_existing(config.out, config.semantic_dedup is not None)
         verdicts = decide(cands, existing, Blocklist.load(config.out), config)
+        uncaptioned = int((~cands.has_caption).sum())
+        if uncaptioned:
+            log.warning(
+                "%d of %d rows have no caption and are left out (dropped/no_caption); %s", uncaptioned, cands.meta.num_rows,
+                "give URL lists a caption column (--caption-col) or run `capcrawl filter` to fill captions"
+                if config.no_filter else "the filter found no caption for them",
+            )
         keys, writer, no_image = write_samples(config, cands, verdicts)
         previous = read_json(config.out / "manifest.json", {}) or {}
         run_number = len(previous.get("runs", []))

@@ -328,6 +328,7 @@ def test_interrupt_then_kill_then_resume_records_each_image_once(tmp_path, site)
     assert again == 0
     stats = json.loads((tmp_path / "crawl" / "stats.json").read_text())
     assert stats["images"] == {"ok": len(expected)} and stats["pending"] == 0
+    assert not list((tmp_path / "crawl").glob(".*.tmp")), "the killed run's temporary part was left behind"
 
 
 def _write_list(path: Path, fmt: str, urls: list[str], caps: list[str]) -> None:

@@ -88,6 +88,13 @@ def test_resize_modes(mode, size):
     assert (r.original_width, r.original_height) == (640, 480)
 
 
+@pytest.mark.parametrize("resample", ["area", "bicubic", "lanczos"])
+@pytest.mark.parametrize("size", [(640, 480), (100, 80)])
+def test_resample_filters_shrink_and_enlarge(resample, size):
+    r = process_image(jpeg(size=size, pattern=4), ImageOptions(resample=resample, resize_mode="center_crop"))
+    assert r.status == "ok" and (r.width, r.height) == (256, 256)
+
+
 def test_exif_orientation_applied():
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90° clockwise on display
