@@ -177,7 +177,7 @@ def cmd_crawl(args: argparse.Namespace) -> int:
     cfg = crawl_config_from_args(args, seeds=args.seeds)
     stats = run_crawl(cfg, _scrapy_log_level(args))
     print_crawl_summary(stats, Path(cfg.work) / "crawl")
-    return 0
+    return _interrupted(stats)
 
 
 def cmd_download(args: argparse.Namespace) -> int:
@@ -186,7 +186,7 @@ def cmd_download(args: argparse.Namespace) -> int:
     cfg = crawl_config_from_args(args, url_list=args.url_list)
     stats = run_crawl(cfg, _scrapy_log_level(args))
     print_crawl_summary(stats, Path(cfg.work) / "crawl")
-    return 0
+    return _interrupted(stats)
 
 
 def cmd_filter(args: argparse.Namespace) -> int:
@@ -224,6 +224,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         resolve_checkpoint(resolve_model_name(filter_cfg.model), filter_cfg.pretrained, filter_cfg.model_cache_dir)
     stats = run_crawl(crawl_cfg, _scrapy_log_level(args))
     print_crawl_summary(stats, Path(crawl_cfg.work) / "crawl")
+    if _interrupted(stats):
+        return 130  # the later stages wait for a complete crawl: rerun to resume
     if filter_cfg is not None:
         from filter.stage import run_filter
 
@@ -247,6 +249,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
     return run_demo(Path(args.dir), quiet=args.quiet, model_cache=Path(args.model_cache) if args.model_cache else None)
+
+
+def _interrupted(stats: dict[str, Any]) -> int:
+    """130 (and a note) when the crawl was stopped by Ctrl-C or a signal, else 0."""
+    if stats.get("finish_reason") == "shutdown":
+        print("capcrawl: interrupted; run the same command again to resume.", file=sys.stderr)
+        return 130
+    return 0
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {

@@ -198,6 +198,14 @@ def _fail(res: ImageResult, status: Status, error: str) -> ImageResult:
     return res
 
 
+def init_worker() -> None:
+    """Worker-process start: leave Ctrl-C to the crawl process, which stops gracefully and
+    still needs its workers to finish the images in flight."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def warm_up() -> None:
     """Run once in each new worker so that the first real batch pays no import or first-call cost."""
     img = Image.new("RGB", (64, 48), (128, 64, 32))

@@ -15,7 +15,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from .imageproc import ImageOptions, ImageResult, process_batch, warm_up
+from .imageproc import ImageOptions, ImageResult, init_worker, process_batch, warm_up
 from .records import (
     CRAWL_COLUMNS,
     CRAWL_SCHEMA,
@@ -172,7 +172,9 @@ class ImagePipeline:
         spider = spider or self.crawler.spider
         cfg = spider.config
         workers = cfg.workers or max(1, os.cpu_count() or 1)
-        self.executor = cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+        self.executor = cf.ProcessPoolExecutor(
+            workers, mp_context=multiprocessing.get_context("spawn"), initializer=init_worker
+        )
         for _ in range(workers):  # start the workers now, while robots.txt and the first pages download
             self.executor.submit(warm_up)
         self.batcher = PoolBatcher(self.executor, cfg.image_options())

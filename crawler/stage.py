@@ -21,6 +21,7 @@ def scrapy_settings(config: CrawlConfig, log_level: str = "WARNING"):
     settings.setmodule("crawler.settings", priority="project")
     settings.setdict(config.scrapy_settings(), priority="cmdline")
     settings.set("LOG_LEVEL", log_level, priority="cmdline")
+    settings.set("LOG_INSTALL_ROOT_HANDLER", False, priority="cmdline")  # the CLI configured logging
     return settings
 
 
@@ -33,7 +34,7 @@ def run_crawl(config: CrawlConfig, log_level: str = "WARNING") -> dict[str, Any]
 
     from .spiders.images import ImageListSpider, ImagesSpider
 
-    process = CrawlerProcess(scrapy_settings(config, log_level), install_root_handler=False)
+    process = CrawlerProcess(scrapy_settings(config, log_level))
     process.crawl(ImageListSpider if config.url_list else ImagesSpider, config=config)
     process.start()
     stats_path = Path(config.work) / CRAWL_DIR / STATS_FILE

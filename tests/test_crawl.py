@@ -455,3 +455,25 @@ def test_progress_line_on_a_terminal(tmp_path, site):
     os.close(master)
     assert proc.returncode == 0
     assert b"images ok 1 | failed 1 (http_404 1)" in screen, screen
+
+
+def test_ctrl_c_stops_gracefully_and_says_how_to_resume(tmp_path, site):
+    site.add("/", page("".join(f'<img src="/img/{i}.jpg" alt="image {i}">' for i in range(40))))
+    for i in range(40):
+        site.add(f"/img/{i}.jpg", jpeg(pattern=i + 1), content_type=IMG, delay=0.5)
+    args = ["crawl", site.url("/"), "--work", str(tmp_path), "--allow-private-addresses",
+            "--concurrency", "4", "--per-host-concurrency", "4", "--no-autothrottle"]
+    proc = subprocess.Popen([sys.executable, "-m", "crawler.cli", "-q", *args], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while site.requested("/img/8.jpg") == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert err.strip() == "capcrawl: interrupted; run the same command again to resume.", err
+    stats = json.loads((tmp_path / "crawl" / "stats.json").read_text())
+    assert stats["finish_reason"] == "shutdown" and stats["pending"] > 0
+    assert stats["images"] == {"ok": 40 - stats["pending"]}, "an image in flight was lost or failed on Ctrl-C"
+    run_cli(*args, check=True)
+    assert len(by_url(crawl_rows(tmp_path))) == 40
