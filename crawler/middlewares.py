@@ -187,4 +187,5 @@ class RetryAfterMiddleware:
         slot = downloader.slots.get(downloader.get_slot_key(request))
         if slot is not None:
             slot.delay = max(slot.delay, wait)
+            slot.jitter = 0.0  # a random 0.5x of the delay would come back before Retry-After
             log.info("%s answered with a back-off: waiting %.1fs between requests to its host", request.url, wait)
