@@ -139,8 +139,12 @@ def run_demo(directory: Path, quiet: bool = False, model_cache: Path | None = No
     from .cli import print_crawl_summary, print_filter_summary, print_shards_summary
     from .stage import run_crawl
 
+    import shutil
+
     directory = directory.resolve()
     site_dir, work, out = directory / "site", directory / "work", directory / "shards"
+    for old in (site_dir, work, out):  # each demo run starts afresh (the trained model is kept)
+        shutil.rmtree(old, ignore_errors=True)
     planted = build_demo_site(site_dir)
     print(f"demo site written to {site_dir} ({json.dumps(planted)})")
     print("training (or loading) the project's tiny open_clip model ...")
