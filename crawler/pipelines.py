@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures as cf
+import hashlib
 import json
 import logging
 import multiprocessing
 import os
 import tempfile
+from concurrent.futures.process import BrokenProcessPool
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pyarrow.parquet as pq
 
 from .imageproc import ImageOptions, ImageResult, init_worker, process_batch, warm_up
 from .records import (
+    Status,
     CRAWL_COLUMNS,
     CRAWL_SCHEMA,
     STATS_FILE,
@@ -99,23 +102,74 @@ class PartWriter:
 
 
 class PoolBatcher:
-    """Sends image work to a process pool in small batches and hands back one future per image."""
+    """Owns the image worker pool: sends images in small batches, one future per image back.
 
-    def __init__(self, executor: cf.Executor, opts: ImageOptions, batch_size: int = 8, max_wait: float = 0.004):
-        self.executor = executor
+    A worker that dies (out of memory on a hostile file, say) breaks the whole pool and
+    every batch in it. The pool is then replaced, and each image it lost is retried alone,
+    one at a time, in a separate one-worker pool: only an image that kills that worker too
+    is recorded as ``corrupt``; the others come out as usual.
+    """
+
+    def __init__(
+        self,
+        workers: int,
+        opts: ImageOptions,
+        batch_size: int = 8,
+        max_wait: float = 0.004,
+        work: Callable[[list[tuple[bytes, str | None]], ImageOptions], list[ImageResult]] = process_batch,
+    ):
+        self.workers = workers
         self.opts = opts
         self.batch_size = batch_size
         self.max_wait = max_wait
+        self.work = work
         self.pending: list[tuple[bytes, str | None, asyncio.Future]] = []
         self._timer: asyncio.TimerHandle | None = None
         self.in_flight: set[asyncio.Future] = set()
+        self.executor = self._new_pool(workers)
+        self._quarantine: cf.ProcessPoolExecutor | None = None
+        self._quarantine_lock = asyncio.Lock()
+
+    @staticmethod
+    def _new_pool(workers: int) -> cf.ProcessPoolExecutor:
+        pool = cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=init_worker)
+        for _ in range(workers):  # start the workers now, while robots.txt and the first pages download
+            pool.submit(warm_up)
+        return pool
+
+    def _replace_broken_pool(self) -> None:
+        try:
+            self.executor.submit(int).cancel()  # raises BrokenProcessPool when the pool is broken
+        except BrokenProcessPool:
+            log.warning("an image worker died; starting new workers, retrying its images one by one")
+            self.executor.shutdown(wait=False, cancel_futures=True)
+            self.executor = self._new_pool(self.workers)
+
+    async def process(self, data: bytes, content_type: str | None) -> ImageResult:
+        """The result for one image, surviving a crashed worker."""
+        try:
+            return await self.submit(data, content_type)
+        except BrokenProcessPool:
+            self._replace_broken_pool()
+        async with self._quarantine_lock:  # suspects one at a time, so a crash names its image
+            if self._quarantine is None:
+                self._quarantine = self._new_pool(1)
+            loop = asyncio.get_running_loop()
+            try:
+                return (await asyncio.wrap_future(self._quarantine.submit(self.work, [(data, content_type)], self.opts), loop=loop))[0]
+            except BrokenProcessPool:
+                self._quarantine.shutdown(wait=False, cancel_futures=True)
+                self._quarantine = None
+        return ImageResult(
+            status=Status.CORRUPT.value,
+            error="an image worker crashed on this image (out of memory?)",
+            sha256=hashlib.sha256(data).hexdigest(),
+        )
 
     def submit(self, data: bytes, content_type: str | None) -> asyncio.Future:
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
         self.pending.append((data, content_type, fut))
-        self.in_flight.add(fut)
-        fut.add_done_callback(self.in_flight.discard)
         if len(self.pending) >= self.batch_size:
             self.flush()
         elif self._timer is None:
@@ -126,12 +180,29 @@ class PoolBatcher:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if not self.pending:
-            return
-        batch, self.pending = self.pending, []
+        if self.pending:
+            batch, self.pending = self.pending, []
+            self._send(batch)
+
+    def _send(self, batch: list[tuple[bytes, str | None, asyncio.Future]]) -> list[asyncio.Future]:
         loop = asyncio.get_running_loop()
-        done = self.executor.submit(process_batch, [(d, c) for d, c, _ in batch], self.opts)
+        futures = [fut for _, _, fut in batch]
+        for fut in futures:
+            self.in_flight.add(fut)
+            fut.add_done_callback(self.in_flight.discard)
+        try:
+            done = self.executor.submit(self.work, [(d, c) for d, c, _ in batch], self.opts)
+        except BrokenProcessPool as e:
+            for fut in futures:
+                fut.set_exception(e)
+            return futures
         done.add_done_callback(lambda f: loop.call_soon_threadsafe(_resolve, batch, f))
+        return futures
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=True, cancel_futures=True)
+        if self._quarantine is not None:
+            self._quarantine.shutdown(wait=True, cancel_futures=True)
 
 
 def _resolve(batch: list[tuple[bytes, str | None, asyncio.Future]], done: cf.Future) -> None:
@@ -160,7 +231,6 @@ class ImagePipeline:
     def __init__(self, crawler):
         self.crawler = crawler
         self.stats = crawler.stats
-        self.executor: cf.ProcessPoolExecutor | None = None
         self.batcher: PoolBatcher | None = None
         self.writer: PartWriter | None = None
 
@@ -171,23 +241,14 @@ class ImagePipeline:
     def open_spider(self, spider=None) -> None:
         spider = spider or self.crawler.spider
         cfg = spider.config
-        workers = cfg.workers or max(1, os.cpu_count() or 1)
-        self.executor = cf.ProcessPoolExecutor(
-            workers, mp_context=multiprocessing.get_context("spawn"), initializer=init_worker
-        )
-        for _ in range(workers):  # start the workers now, while robots.txt and the first pages download
-            self.executor.submit(warm_up)
-        self.batcher = PoolBatcher(self.executor, cfg.image_options())
+        self.batcher = PoolBatcher(cfg.workers or max(1, os.cpu_count() or 1), cfg.image_options())
         self.writer = PartWriter(spider.crawl_dir, cfg.part_rows)
 
     async def process_item(self, item: dict[str, Any], spider=None) -> dict[str, Any]:
         body = item.pop("body", None)
         row = {k: item.get(k) for k in CRAWL_COLUMNS if k in item}
         if body is not None:
-            try:
-                result: ImageResult = await self.batcher.submit(body, item.get("content_type"))
-            except cf.process.BrokenProcessPool as e:
-                raise RuntimeError("the image worker pool died (out of memory?)") from e
+            result = await self.batcher.process(body, item.get("content_type"))
             for name in _RESULT_FIELDS:
                 value = getattr(result, name)
                 if value is not None:
@@ -205,8 +266,8 @@ class ImagePipeline:
                 await asyncio.gather(*self.batcher.in_flight, return_exceptions=True)
         if self.writer is not None:
             self.writer.flush()
-        if self.executor is not None:
-            self.executor.shutdown(wait=True, cancel_futures=True)
+        if self.batcher is not None:
+            self.batcher.close()
 
 
 def count_statuses(crawl_dir: Path) -> dict[str, int]:

@@ -121,3 +121,24 @@ def test_alpha_becomes_white_not_black():
     Image.new("RGBA", (50, 50), (255, 0, 0, 0)).save(buf, "PNG")
     r = process_image(buf.getvalue(), ImageOptions(resize_mode="no"))
     assert Image.open(io.BytesIO(r.image)).getpixel((25, 25))[0] > 240
+
+
+def test_a_dying_image_worker_costs_only_its_image():
+    import asyncio
+
+    from crawler.pipelines import PoolBatcher
+
+    from .crashy import MARKER, crash_on_marker
+
+    async def run() -> list:
+        batcher = PoolBatcher(1, ImageOptions(image_size=32), work=crash_on_marker)
+        try:
+            datas = [jpeg(pattern=i + 1) for i in range(6)]
+            datas.insert(3, MARKER)
+            return await asyncio.gather(*(batcher.process(d, "image/jpeg") for d in datas))
+        finally:
+            batcher.close()
+
+    results = asyncio.run(run())
+    assert [r.status for r in results] == ["ok"] * 3 + ["corrupt"] + ["ok"] * 3
+    assert "crashed" in results[3].error and results[3].sha256
