@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import enum
 import os
-import re
 import tempfile
 from pathlib import Path
-from typing import Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -46,17 +44,10 @@ class Status(str, enum.Enum):
         return self.value
 
 
-_HTTP_RE = re.compile(r"^http_\d{3}$")
-
 
 def http_status(code: int) -> str:
     """Status string for a non-2xx HTTP answer, e.g. ``http_404``."""
     return f"http_{int(code):03d}"
-
-
-def is_status(value: str) -> bool:
-    """True for a member of :class:`Status` or an ``http_NNN`` string."""
-    return value in Status._value2member_map_ or bool(_HTTP_RE.match(value))
 
 
 class PageStatus(str, enum.Enum):
@@ -205,10 +196,6 @@ def list_parts(directory: str | Path) -> list[Path]:
     return sorted(p for p in d.glob(PART_GLOB) if p.is_file()) if d.is_dir() else []
 
 
-def empty_table(schema: pa.Schema) -> pa.Table:
-    return schema.empty_table()
-
-
 def table_from_rows(rows: list[dict], schema: pa.Schema) -> pa.Table:
     """Build a table with exactly ``schema``'s columns; missing keys become null."""
     cols = {name: [r.get(name) for r in rows] for name in schema.names}
@@ -254,12 +241,6 @@ def atomic_write_bytes(data: bytes, path: str | Path) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
-
-
-def iter_parts(directory: str | Path, columns: list[str] | None = None) -> Iterator[tuple[Path, pa.Table]]:
-    """Yield ``(path, table)`` for each finished part of a stage directory."""
-    for p in list_parts(directory):
-        yield p, pq.read_table(p, columns=columns)
 
 
 class ConfigError(ValueError):

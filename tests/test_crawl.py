@@ -403,10 +403,15 @@ def test_scrapy_crawl_command_uses_the_same_spider(tmp_path, site):
     assert [(r["url"], r["status"], r["alt"]) for r in rows] == [(site.url("/a.jpg"), "ok", "an image")]
 
 
+def _one_page_of_images(site, n: int, delay: float = 0.0) -> None:
+    """``/`` holding ``n`` distinct images ``/img/{i}.jpg``, each answered after ``delay`` s."""
+    site.add("/", page("".join(f'<img src="/img/{i}.jpg" alt="image {i}">' for i in range(n))))
+    for i in range(n):
+        site.add(f"/img/{i}.jpg", jpeg(pattern=i + 1), content_type=IMG, delay=delay)
+
+
 def test_deadline_stops_the_run_and_a_rerun_finishes(tmp_path, site):
-    site.add("/", page("".join(f'<img src="/img/{i}.jpg" alt="image {i}">' for i in range(20))))
-    for i in range(20):
-        site.add(f"/img/{i}.jpg", jpeg(pattern=i + 1), content_type=IMG, delay=0.4)
+    _one_page_of_images(site, 20, delay=0.4)
     args = ["crawl", site.url("/"), "--work", str(tmp_path), "--allow-private-addresses",
             "--concurrency", "1", "--per-host-concurrency", "1", "--no-autothrottle"]
     started = time.monotonic()
@@ -422,9 +427,7 @@ def test_deadline_stops_the_run_and_a_rerun_finishes(tmp_path, site):
 
 def test_robots_crawl_delay_is_honoured(tmp_path, site):
     site.add("/robots.txt", "User-agent: *\nCrawl-delay: 1\n", content_type="text/plain")
-    site.add("/", page("".join(f'<img src="/img/{i}.jpg" alt="image {i}">' for i in range(4))))
-    for i in range(4):
-        site.add(f"/img/{i}.jpg", jpeg(pattern=i + 1), content_type=IMG)
+    _one_page_of_images(site, 4)
     run_cli("crawl", site.url("/"), "--work", str(tmp_path), "--allow-private-addresses", check=True)
     times = sorted(e.at for e in site.log if e.path.startswith("/img/"))
     assert len(times) == 4
@@ -458,9 +461,7 @@ def test_progress_line_on_a_terminal(tmp_path, site):
 
 
 def test_ctrl_c_stops_gracefully_and_says_how_to_resume(tmp_path, site):
-    site.add("/", page("".join(f'<img src="/img/{i}.jpg" alt="image {i}">' for i in range(40))))
-    for i in range(40):
-        site.add(f"/img/{i}.jpg", jpeg(pattern=i + 1), content_type=IMG, delay=0.5)
+    _one_page_of_images(site, 40, delay=0.5)
     args = ["crawl", site.url("/"), "--work", str(tmp_path), "--allow-private-addresses",
             "--concurrency", "4", "--per-host-concurrency", "4", "--no-autothrottle"]
     proc = subprocess.Popen([sys.executable, "-m", "crawler.cli", "-q", *args], cwd=ROOT,
