@@ -3,10 +3,16 @@
     python bench/measure.py --label NAME --out results.jsonl -- COMMAND [ARGS...]
 
 Prints and appends one JSON line: ``wall_s``, ``rc``, ``time_v_max_rss_kb`` (the largest
-single process, as ``/usr/bin/time -v`` reports it) and ``cpu_s`` (user + system CPU of the command and its waited-for children)
-and ``tree_peak_rss_kb`` (the peak of the
-*sum* of RSS over the command's whole process tree, sampled from /proc every 0.2 s; it counts
-shared library pages once per process, so it is an upper bound on real use).
+single process, as ``/usr/bin/time -v`` reports it), ``cpu_s`` (user + system CPU of every
+process the command started, orphans included: see below) and ``tree_peak_rss_kb`` (the peak
+of the *sum* of RSS over the command's whole process tree, sampled from /proc every 0.2 s; it
+counts shared library pages once per process, so it is an upper bound on real use).
+
+CPU: ``/usr/bin/time`` only sees processes that were waited for. A process whose parent exits
+first (a multiprocessing fork server, say, with the workers it reaped) is re-parented, and its
+CPU would vanish from the total. On Linux this script makes itself a child subreaper, so such
+orphans become its children; it waits for them and takes ``cpu_s`` from its own
+``RUSAGE_CHILDREN`` (which also counts ``/usr/bin/time`` itself, a few milliseconds).
 Standard library only, so that it runs under any Python.
 """
 
@@ -16,9 +22,11 @@ import argparse
 import json
 import os
 import re
+import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
@@ -60,6 +68,28 @@ def tree_rss_kb(root: int, cpu: dict[int, float] | None = None) -> int:
     return total
 
 
+def _become_subreaper() -> bool:
+    """Adopt the command's orphaned descendants (Linux PR_SET_CHILD_SUBREAPER)."""
+    try:
+        import ctypes
+
+        return ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def _reap_orphans(timeout: float = 30.0) -> None:
+    """Wait for adopted orphans to exit (a fork server leaves right after its parent)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            time.sleep(0.02)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--label", required=True)
@@ -69,15 +99,28 @@ def main() -> int:
     ap.add_argument("cmd", nargs=argparse.REMAINDER)
     a = ap.parse_args()
     cmd = a.cmd[1:] if a.cmd[:1] == ["--"] else a.cmd
+    subreaper = _become_subreaper()
     with tempfile.NamedTemporaryFile("r", suffix=".time") as tv:
         start = time.perf_counter()
         sink = open(a.log, "ab") if a.log else None
         proc = subprocess.Popen(["/usr/bin/time", "-v", "-o", tv.name, *cmd], stdout=sink, stderr=sink)
         peak, cpu = 0, {}
-        while proc.poll() is None:
-            peak = max(peak, tree_rss_kb(proc.pid, cpu))
-            time.sleep(a.interval)
+        done = threading.Event()
+
+        def sample() -> None:  # beside the wait below, so that the wall time is not rounded to the interval
+            nonlocal peak
+            while not done.is_set():
+                peak = max(peak, tree_rss_kb(proc.pid, cpu))
+                done.wait(a.interval)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        proc.wait()
         wall = time.perf_counter() - start
+        done.set()
+        sampler.join()
+        if subreaper:
+            _reap_orphans()
         kids = [p for p in cpu if p != proc.pid]
         main_pid = min(kids) if kids else proc.pid  # the command itself: /usr/bin/time's first child
         if sink is not None:
@@ -85,6 +128,9 @@ def main() -> int:
         text = tv.read()
         m = re.search(r"Maximum resident set size \(kbytes\): (\d+)", text)
         cpu_total = sum(float(x) for x in re.findall(r"(?:User|System) time \(seconds\): ([\d.]+)", text))
+        if subreaper:
+            ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+            cpu_total = ru.ru_utime + ru.ru_stime
     rec = {
         "label": a.label,
         "rc": proc.returncode,

@@ -1,7 +1,8 @@
 """Perceptual-hash helpers: the hash function and bit arithmetic, apart from any search index.
 
-A pHash is the 64-bit ``imagehash.phash`` of an image, stored in records as 16 hex
-characters. Here it becomes a ``numpy.uint64`` so that distances are one XOR and
+A pHash is the 64-bit ``imagehash.phash`` of an image (computed by
+:func:`crawler.imageproc.perceptual_hash`, the one function every stage uses), stored in
+records as 16 hex characters. Here it becomes a ``numpy.uint64`` so that distances are one XOR and
 one popcount.
 """
 
@@ -25,9 +26,9 @@ for _i, _c in enumerate(b"ABCDEF"):
 
 def phash_of_image(image: "PIL.Image.Image") -> str:  # noqa: F821 - PIL imported lazily
     """16-hex-character pHash of a PIL image, exactly as the crawler computes it."""
-    import imagehash
+    from crawler.imageproc import perceptual_hash
 
-    return str(imagehash.phash(image))
+    return perceptual_hash(image)
 
 
 def phash_of_file(path: str | Path) -> str:

@@ -10,11 +10,9 @@ deleted and no file takes the tar's final name.
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import os
-import tarfile
 import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
@@ -57,24 +55,74 @@ def sample_json(record: dict[str, Any]) -> bytes:
     return json.dumps({name: _json_value(record.get(name)) for name in SAMPLE_SCHEMA.names}, ensure_ascii=False).encode("utf-8")
 
 
-def add_member(tar: tarfile.TarFile, name: str, data: bytes) -> int:
+_BLOCK = 512  # tar block
+_RECORD = 20 * _BLOCK  # an archive's length is a whole number of records, as tarfile writes it
+# The parts of a member's ustar header that never change here: mode 0444, uid/gid 0, empty
+# uname/gname, fixed mtime, regular file. Only the name, size and checksum vary.
+_HEAD_IDS = b"0000444\0" + b"0000000\0" + b"0000000\0"
+_HEAD_MTIME = b"%011o\0" % TAR_MTIME
+_HEAD_TAIL = b"0" + bytes(100) + b"ustar\x0000" + bytes(32 + 32 + 8 + 8 + 155 + 12)
+
+
+def _ustar_header(name: str, size: int) -> bytes:
+    """The 512-byte ustar header ``tarfile`` writes for a member with our fixed metadata."""
+    raw = name.encode("ascii")
+    if len(raw) > 100 or size >= 8**11:
+        raise ValueError(f"tar member {name!r} ({size} bytes) does not fit a ustar header")
+    head = raw.ljust(100, b"\0") + _HEAD_IDS + b"%011o\0" % size + _HEAD_MTIME + b"        " + _HEAD_TAIL
+    return head[:148] + b"%06o\0 " % sum(head) + head[156:]
+
+
+class TarStream:
+    """A tar being written, member by member, with fixed metadata and no reading back.
+
+    Byte-identical to ``tarfile`` in ``USTAR_FORMAT`` with the same members (a test holds it
+    to that), at a fraction of the cost: ``tarfile`` builds each header through a TarInfo
+    object and was a third of the ``shards`` stage's time.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self._fh = open(path, "wb", buffering=1 << 20)
+        self.offset = 0
+
+    def add(self, name: str, data: bytes) -> int:
+        """Append one member; return the bytes it took in the tar."""
+        pad = -len(data) % _BLOCK
+        self._fh.write(_ustar_header(name, len(data)))
+        self._fh.write(data)
+        if pad:
+            self._fh.write(bytes(pad))
+        took = _BLOCK + len(data) + pad
+        self.offset += took
+        return took
+
+    def close(self) -> None:
+        """Write the end-of-archive blocks, pad to a whole record and close (idempotent)."""
+        if self._fh.closed:
+            return
+        try:
+            end = self.offset + 2 * _BLOCK
+            self._fh.write(bytes(2 * _BLOCK + (-end % _RECORD)))
+        finally:
+            self._fh.close()
+
+    def __enter__(self) -> "TarStream":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def add_member(tar: TarStream, name: str, data: bytes) -> int:
     """Add one file with fixed metadata; return the bytes it took in the tar."""
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    info.mtime = TAR_MTIME
-    info.mode = 0o444
-    info.uid = info.gid = 0
-    info.uname = info.gname = ""
-    info.type = tarfile.REGTYPE
-    tar.addfile(info, io.BytesIO(data))
-    return tarfile.BLOCKSIZE + -(-len(data) // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
+    return tar.add(name, data)
 
 
-def open_tar(final: Path) -> tuple[Path, tarfile.TarFile]:
+def open_tar(final: Path) -> tuple[Path, TarStream]:
     """A tar open for writing under a temporary name beside ``final``."""
     fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
     os.close(fd)
-    return Path(tmp), tarfile.open(tmp, mode="w", format=tarfile.USTAR_FORMAT)
+    return Path(tmp), TarStream(Path(tmp))
 
 
 def shard_stats(name: str, samples: pa.Table, removed: dict[str, int] | None = None) -> dict[str, Any]:
@@ -111,7 +159,7 @@ class ShardSummary:
 class _OpenShard:
     number: int
     tmp: Path
-    tar: tarfile.TarFile
+    tar: TarStream
     rows: list[dict[str, Any]] = field(default_factory=list)
     embeddings: list[np.ndarray | None] = field(default_factory=list)
     size: int = 0

@@ -478,3 +478,35 @@ def test_ctrl_c_stops_gracefully_and_says_how_to_resume(tmp_path, site):
     assert stats["images"] == {"ok": 40 - stats["pending"]}, "an image in flight was lost or failed on Ctrl-C"
     run_cli(*args, check=True)
     assert len(by_url(crawl_rows(tmp_path))) == 40
+
+
+@pytest.mark.parametrize("spider_name", ["images", "image_list"])
+def test_components_switched_off_keep_the_project_middlewares(tmp_path, spider_name):
+    """A spider's components_off is merged into the project's middleware dicts, never replacing
+    them: robots, private-address and Retry-After handling stay on in both modes."""
+    from scrapy.settings import Settings
+    from scrapy.utils.test import get_crawler
+
+    import crawler.settings as project
+    from crawler.config import CrawlConfig
+    from crawler.spiders.images import ImageListSpider, ImagesSpider
+
+    cls = {"images": ImagesSpider, "image_list": ImageListSpider}[spider_name]
+    (tmp_path / "urls.txt").write_text("http://127.0.0.1:9/a.jpg\n")
+    config = CrawlConfig(work=str(tmp_path / "work"), seeds=["http://127.0.0.1:9/"], url_list=str(tmp_path / "urls.txt"))
+    settings = Settings()
+    settings.setmodule(project, priority="project")
+    crawler = get_crawler(cls)
+    crawler.settings = settings
+    cls.from_crawler(crawler, config=config)
+    down = crawler.settings.getwithbase("DOWNLOADER_MIDDLEWARES")
+    spider_mw = crawler.settings.getwithbase("SPIDER_MIDDLEWARES")
+    for ours in ("PrivateAddressMiddleware", "RobotsMiddleware", "RetryAfterMiddleware"):
+        assert down[f"crawler.middlewares.{ours}"] is not None
+    assert down["scrapy.downloadermiddlewares.robotstxt.RobotsTxtMiddleware"] is None  # replaced by ours
+    assert spider_mw["scrapy.spidermiddlewares.depth.DepthMiddleware"] is None
+    assert spider_mw["scrapy.spidermiddlewares.referer.RefererMiddleware"] is not None
+    list_only = spider_name == "image_list"
+    assert (down["scrapy.downloadermiddlewares.redirect.MetaRefreshMiddleware"] is None) == list_only
+    assert (spider_mw["scrapy.spidermiddlewares.urllength.UrlLengthMiddleware"] is None) == list_only
+    assert crawler.settings.getbool("REMOTE_CONTROL_ENABLED") is False

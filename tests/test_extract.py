@@ -116,6 +116,23 @@ def test_phash_and_sha256_are_of_the_original():
     assert full - imagehash.hex_to_hash(r.phash) <= 4
 
 
+def test_perceptual_hash_is_imagehash_phash_of_its_32px_copy(tmp_path):
+    """One pHash for every stage: imagehash.phash of a 32x32 grey copy made with reducing_gap=2."""
+    import imagehash
+
+    from crawler.imageproc import perceptual_hash
+    from shards.phash import phash_of_file
+
+    img = Image.open(io.BytesIO(jpeg(size=(640, 480), pattern=3))).convert("RGB")
+    grey32 = img.convert("L").resize((32, 32), Image.Resampling.LANCZOS, reducing_gap=2.0)
+    assert perceptual_hash(img) == str(imagehash.phash(grey32))
+    assert perceptual_hash(grey32) == str(imagehash.phash(grey32))  # already 32x32 grey: hashed as is
+    assert imagehash.phash(img) - imagehash.hex_to_hash(perceptual_hash(img)) <= 4
+    path = tmp_path / "a.png"
+    img.save(path)
+    assert phash_of_file(path) == perceptual_hash(img)
+
+
 def test_alpha_becomes_white_not_black():
     buf = io.BytesIO()
     Image.new("RGBA", (50, 50), (255, 0, 0, 0)).save(buf, "PNG")

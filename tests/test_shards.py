@@ -88,6 +88,30 @@ def test_greedy_survivors_keeps_best_and_never_drops_published():
 # --- stage round trips ---------------------------------------------------------------
 
 
+@pytest.mark.parametrize("sizes", [[0, 1, 511, 512, 513], [10_000, 7, 1_000_000]])
+def test_tar_stream_is_byte_identical_to_tarfile(tmp_path, sizes):
+    """The shard writer's own ustar writer must give what tarfile gives for the same members."""
+    import io
+
+    from shards.writer import TAR_MTIME, TarStream
+
+    rng = np.random.default_rng(len(sizes))
+    members = [(f"{i:09d}.{ext}", rng.bytes(n)) for i, n in enumerate(sizes) for ext in ("jpg",)]
+    members.append(("x" * 100, b"longest name ustar holds without a prefix"))
+    with TarStream(tmp_path / "ours.tar") as ours:
+        took = [ours.add(name, data) for name, data in members]
+    with tarfile.open(tmp_path / "theirs.tar", "w", format=tarfile.USTAR_FORMAT) as theirs:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime, info.mode, info.uid, info.gid = len(data), TAR_MTIME, 0o444, 0, 0
+            info.uname = info.gname = ""
+            theirs.addfile(info, io.BytesIO(data))
+    assert (tmp_path / "ours.tar").read_bytes() == (tmp_path / "theirs.tar").read_bytes()
+    assert took == [512 + -(-len(d) // 512) * 512 for _, d in members]
+    with pytest.raises(ValueError, match="does not fit"):
+        TarStream(tmp_path / "bad.tar").add("y" * 101, b"")
+
+
 def test_round_trip_rollover_and_stats(tmp_path):
     import webdataset as wds
 

@@ -68,10 +68,15 @@ class ImagesSpider(scrapy.Spider):
         spider = super().from_crawler(crawler, *args, **kwargs)
         # capcrawl's options decide Scrapy's settings (command-line -s still wins).
         crawler.settings.setdict(spider.config.scrapy_settings(), priority="spider")
+        for name, paths in spider.components_off.items():  # merged into, not replacing, the project's dict
+            crawler.settings.set(name, {**crawler.settings.getdict(name), **dict.fromkeys(paths)}, priority="spider")
         crawler.signals.connect(spider._on_closed, signal=signals.spider_closed)
         crawler.signals.connect(spider._bytes_received, signal=signals.bytes_received)
         spider.page_maxsize = crawler.settings.getint("DOWNLOAD_MAXSIZE")
         return spider
+
+    #: Scrapy components a spider switches off: {setting: (import path, ...)}.
+    components_off: dict[str, tuple[str, ...]] = {}
 
     def _bytes_received(self, data: bytes, request: scrapy.Request, spider: scrapy.Spider) -> None:
         """Cut a body that streams past its cap (no Content-Length to refuse it up front)."""
@@ -237,6 +242,13 @@ class ImageListSpider(ImagesSpider):
     """Download every URL of a list (img2dataset's job), with the same respect and safety rules."""
 
     name = "image_list"
+    # No pages: no URL is derived from another (so none grows) and no HTML refreshes.
+    # These middlewares would only cost CPU per image. (RefererMiddleware stays: the
+    # redirect middleware asks for it.)
+    components_off = {
+        "SPIDER_MIDDLEWARES": ("scrapy.spidermiddlewares.urllength.UrlLengthMiddleware",),
+        "DOWNLOADER_MIDDLEWARES": ("scrapy.downloadermiddlewares.redirect.MetaRefreshMiddleware",),
+    }
 
     def _start_requests(self) -> Iterator[Any]:
         cfg = self.config
