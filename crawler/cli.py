@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Callable, NoReturn, Sequence
 
 from .config import LIST_FORMATS, CrawlConfig
+from .http import HTTP_CLIENTS
 from .imageproc import IMAGE_FORMATS, RESAMPLE_FILTERS, RESIZE_MODES
 from .records import ConfigError
 
@@ -52,6 +53,8 @@ def add_crawl_arguments(p: argparse.ArgumentParser, crawl: bool = True) -> None:
                    help="allow hosts on private, loopback or link-local addresses (off: refused, status private_address)")
     g.add_argument("--ignore-robots", action="store_true", help="do NOT obey robots.txt (only for sites you own)")
     g.add_argument("--no-autothrottle", dest="autothrottle", action="store_false", help="switch AutoThrottle off")
+    g.add_argument("--http-client", choices=HTTP_CLIENTS, default=d.http_client,
+                   help="aiohttp on asyncio (default, less CPU) or Twisted's HTTP/1.1 client")
     i = p.add_argument_group("images")
     i.add_argument("--image-size", type=int, default=d.image_size, help="target size in pixels (default %(default)s)")
     i.add_argument("--resize-mode", choices=RESIZE_MODES, default=d.resize_mode)
@@ -87,6 +90,7 @@ def crawl_config_from_args(args: argparse.Namespace, seeds: list[str] | None = N
         allow_private_addresses=args.allow_private_addresses,
         ignore_robots=args.ignore_robots,
         autothrottle=args.autothrottle,
+        http_client=args.http_client,
         image_size=args.image_size,
         resize_mode=args.resize_mode,
         resize_only_if_bigger=args.resize_only_if_bigger,

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from .http import HTTP_CLIENTS
 from .imageproc import IMAGE_FORMATS, RESAMPLE_FILTERS, RESIZE_MODES, ImageOptions
 from .records import ConfigError
 
@@ -51,6 +52,7 @@ class CrawlConfig:
     part_rows: int = 2000
     workers: int = 0  # image worker processes; 0 = one per core
     autothrottle: bool = True
+    http_client: str = "aiohttp"  # crawler.http.HTTP_CLIENTS
     progress: bool = True
 
     @property
@@ -94,6 +96,8 @@ class CrawlConfig:
             raise ConfigError(f"--image-format must be one of {', '.join(IMAGE_FORMATS)}, got {self.image_format!r}.")
         if not self.user_agent.strip():
             raise ConfigError("--user-agent must not be empty; name your crawler and a contact URL.")
+        if self.http_client not in HTTP_CLIENTS:
+            raise ConfigError(f"--http-client must be one of {', '.join(HTTP_CLIENTS)}, got {self.http_client!r}.")
         if self.per_host_concurrency > self.concurrency:
             self.per_host_concurrency = self.concurrency
         for d in self.allow_domains:

@@ -7,7 +7,7 @@ import time
 
 from scrapy import signals
 from scrapy.exceptions import NotConfigured
-from twisted.internet import task
+from scrapy.utils.asyncio import create_looping_call
 
 PREFIX = "capcrawl/images/"
 
@@ -29,7 +29,7 @@ class ProgressLine:
             raise NotConfigured
         self.stats = crawler.stats
         self.start = time.monotonic()
-        self.loop = task.LoopingCall(self.tick)
+        self.loop = None
 
     @classmethod
     def from_crawler(cls, crawler) -> "ProgressLine":
@@ -39,6 +39,7 @@ class ProgressLine:
         return ext
 
     def opened(self, spider=None) -> None:
+        self.loop = create_looping_call(self.tick)  # asyncio's or Twisted's, whichever runs
         self.loop.start(1.0, now=False)
 
     def tick(self) -> None:
@@ -46,7 +47,7 @@ class ProgressLine:
         sys.stderr.flush()
 
     def closed(self, spider=None, reason: str = "") -> None:
-        if self.loop.running:
+        if self.loop is not None and self.loop.running:
             self.loop.stop()
         self.tick()
         sys.stderr.write("\n")

@@ -26,13 +26,23 @@ RETRY_HTTP_CODES = [500, 502, 504, 522, 524, 408]
 COOKIES_ENABLED = False
 TELNETCONSOLE_ENABLED = False
 # Scrapy 2.19's RemoteControl runs Python sent to a local HTTP port and writes a job file to
-# the user's profile: a door into the crawl that nobody asked for, and aiohttp to import.
+# the user's profile: a door into the crawl that nobody asked for.
 REMOTE_CONTROL_ENABLED = False
+# HTTP through Scrapy's aiohttp handler on a plain asyncio loop, no Twisted reactor: less CPU
+# per request (crawler/http.py). `capcrawl ... --http-client twisted` (or, for `scrapy crawl`,
+# -s TWISTED_REACTOR_ENABLED=True -s DOWNLOAD_HANDLERS={}) goes back to Twisted's client.
+TWISTED_REACTOR_ENABLED = False
+DOWNLOAD_HANDLERS = {
+    "http": "crawler.aiohttp_handler.AiohttpHandler",
+    "https": "crawler.aiohttp_handler.AiohttpHandler",
+}
 DEPTH_LIMIT = 0  # depth is capcrawl's own (--max-depth) so that it is counted per page
 REACTOR_THREADPOOL_MAXSIZE = 20
 # Scrapy starts CONCURRENT_ITEMS asyncio tasks for *every* callback result, even when the
 # callback yields one item (each image response does): at the default 100 that task churn
-# was a quarter of the reactor's CPU. Parallelism across responses is unaffected.
+# was a quarter of the reactor's CPU. Parallelism across responses is unaffected, and no
+# callback yields more than one item that waits on anything (pages yield requests and
+# refusals, which need no image work), so one is enough.
 CONCURRENT_ITEMS = 1
 LOG_LEVEL = "INFO"
 

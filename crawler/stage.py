@@ -17,9 +17,12 @@ def scrapy_settings(config: CrawlConfig, log_level: str = "WARNING"):
     """crawler/settings.py overlaid with the configuration (what `scrapy crawl` would use)."""
     from scrapy.settings import Settings
 
+    from .http import http_client_settings
+
     settings = Settings()
     settings.setmodule("crawler.settings", priority="project")
     settings.setdict(config.scrapy_settings(), priority="cmdline")
+    settings.setdict(http_client_settings(config.http_client), priority="cmdline")
     settings.set("LOG_LEVEL", log_level, priority="cmdline")
     settings.set("LOG_INSTALL_ROOT_HANDLER", False, priority="cmdline")  # the CLI configured logging
     return settings
@@ -28,13 +31,14 @@ def scrapy_settings(config: CrawlConfig, log_level: str = "WARNING"):
 def run_crawl(config: CrawlConfig, log_level: str = "WARNING") -> dict[str, Any]:
     """Crawl seeds (or download a URL list) into WORK/crawl; returns WORK/crawl/stats.json.
 
-    Runs Twisted's reactor, so call it once per process.
+    Runs an asyncio event loop (and, with ``--http-client twisted``, Twisted's reactor), so
+    call it once per process.
     """
-    from scrapy.crawler import CrawlerProcess
+    from scrapy.crawler import AsyncCrawlerProcess
 
     from .spiders.images import ImageListSpider, ImagesSpider
 
-    process = CrawlerProcess(scrapy_settings(config, log_level))
+    process = AsyncCrawlerProcess(scrapy_settings(config, log_level))
     process.crawl(ImageListSpider if config.url_list else ImagesSpider, config=config)
     process.start()
     stats_path = Path(config.work) / CRAWL_DIR / STATS_FILE

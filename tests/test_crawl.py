@@ -367,6 +367,30 @@ def test_download_url_lists(tmp_path, site, fmt):
     assert stats["skipped"]["duplicate_url"] == 1 and stats["images_total"] == 9
 
 
+def test_both_http_clients_give_the_same_records(tmp_path, site):
+    """--http-client twisted (Scrapy's classic client) stays a working fallback: the same list
+    gives the same statuses, errors aside, and the same image bytes as the default aiohttp."""
+    site.add("/robots.txt", "User-agent: *\nDisallow: /no/\n", content_type="text/plain")
+    urls = [site.add(f"/img/{i}.jpg", jpeg(pattern=i + 1), content_type=IMG) for i in range(3)]
+    site.add("/moved.jpg", redirect_to=urls[0])
+    site.add("/huge.jpg", jpeg(size=(900, 900), quality=100, pattern=7), content_type=IMG)
+    site.add("/page.jpg", "<html>not an image</html>", content_type="text/html")
+    site.add("/boom.jpg", b"", status=500)
+    urls += [site.url(p) for p in ("/moved.jpg", "/huge.jpg", "/page.jpg", "/boom.jpg", "/no/x.jpg", "/img/missing.jpg")]
+    urls.append("http://127.0.0.1:1/refused.jpg")  # nothing listens on port 1
+    lst = tmp_path / "urls.txt"
+    lst.write_text("\n".join(urls) + "\n")
+    got = {}
+    for client in ("aiohttp", "twisted"):
+        run_cli("download", str(lst), "--work", str(tmp_path / client), "--allow-private-addresses", "--http-client", client,
+                "--retries", "0", "--max-image-bytes", "20000", check=True)
+        got[client] = {u: (r["status"], r["sha256"], r["image"]) for u, r in by_url(crawl_rows(tmp_path / client)).items()}
+    assert got["aiohttp"] == got["twisted"]
+    statuses = [got["aiohttp"][u][0] for u in urls]
+    assert statuses == ["ok"] * 4 + ["too_large", "not_an_image", "http_500", "robots", "http_404", "connection_error"]
+    assert site.requested("/no/x.jpg") == 0
+
+
 @pytest.mark.parametrize("args,needle", [
     (["crawl", "--work", "w"], "required"),
     (["crawl", "http://127.0.0.1:9/", "--work", "w", "--image-size", "0"], "--image-size"),
