@@ -335,8 +335,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     for handler in logging.root.handlers:
         handler.setLevel(level)
     if args.verbose == 0:  # one warning per oversized image is noise; the stats count them
-        logging.getLogger("scrapy.core.downloader.handlers.http11").setLevel(logging.ERROR)
+        for name in ("http11", "_base_streaming"):  # Twisted's and aiohttp's handlers
+            logging.getLogger(f"scrapy.core.downloader.handlers.{name}").setLevel(logging.ERROR)
         logging.getLogger("scrapy.downloadermiddlewares.retry").setLevel(logging.CRITICAL)
+    if args.command in ("crawl", "download", "run"):
+        from .workers import start_worker_server
+
+        start_worker_server()
     try:
         return COMMANDS[args.command](args)
     except ConfigError as e:

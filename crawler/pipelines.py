@@ -7,7 +7,6 @@ import concurrent.futures as cf
 import hashlib
 import json
 import logging
-import multiprocessing
 import os
 import tempfile
 from concurrent.futures.process import BrokenProcessPool
@@ -18,6 +17,7 @@ from typing import Any, Callable
 import pyarrow.parquet as pq
 
 from .imageproc import ImageOptions, ImageResult, init_worker, process_batch, warm_up
+from .workers import worker_context
 from .records import (
     Status,
     CRAWL_COLUMNS,
@@ -105,23 +105,6 @@ class PartWriter:
         self.part_rows, self.nbytes = 0, 0
 
 
-def _worker_context() -> multiprocessing.context.BaseContext:
-    """Start image workers from a fork server that has imported the image code once.
-
-    Forking from it costs milliseconds where each spawned worker spent ~0.3 CPU s importing
-    (Pillow, numpy, imagehash, pyarrow, ...). The server is a fresh single-threaded process,
-    so forking it is safe even though the crawl process runs threads. Where there is no
-    fork server (Windows), workers are spawned.
-    """
-    if "forkserver" not in multiprocessing.get_all_start_methods():
-        return multiprocessing.get_context("spawn")
-    ctx = multiprocessing.get_context("forkserver")
-    # scipy.fftpack is what imagehash.phash imports on its first call; a name that cannot be
-    # imported is skipped by the server.
-    ctx.set_forkserver_preload(["crawler.imageproc", "imagehash", "scipy.fftpack"])
-    return ctx
-
-
 class PoolBatcher:
     """Owns the image worker pool: sends images in small batches, one future per image back.
 
@@ -153,7 +136,7 @@ class PoolBatcher:
 
     @staticmethod
     def _new_pool(workers: int) -> cf.ProcessPoolExecutor:
-        pool = cf.ProcessPoolExecutor(workers, mp_context=_worker_context(), initializer=init_worker)
+        pool = cf.ProcessPoolExecutor(workers, mp_context=worker_context(), initializer=init_worker)
         for _ in range(workers):  # start the workers now, while robots.txt and the first pages download
             pool.submit(warm_up)
         return pool
