@@ -78,7 +78,7 @@ def _input_columns(names: list[str], no_filter: bool, with_image: bool) -> list[
 
 def read_part(path: Path, no_filter: bool, with_image: bool) -> pa.Table:
     """One input part as scored rows (META_SCHEMA, plus ``image`` if ``with_image``)."""
-    table = pq.read_table(path, columns=_input_columns(pq.read_schema(path).names, no_filter, with_image))
+    table = pq.read_table(path, columns=_input_columns(pq.read_schema(path).names, no_filter, with_image), memory_map=True)
     return _as_scored(table, no_filter, with_image)
 
 
@@ -143,14 +143,16 @@ def _stack_embeddings(embs: list[np.ndarray]) -> np.ndarray:
 def iter_rows(part: Path, rows: np.ndarray, no_filter: bool, batch_rows: int = 256) -> Iterator[tuple[pa.Table, np.ndarray | None]]:
     """Pass 2: the given rows (ascending) of one part with their images (SCORED_SCHEMA) and
     embeddings, a record batch at a time, so memory holds one batch of images, not a part."""
-    pf = pq.ParquetFile(part)
+    pf = pq.ParquetFile(part, memory_map=True)  # parts were just written: read them from the page cache, no copy
     columns = _input_columns(pf.schema_arrow.names, no_filter, with_image=True)
     emb = None if no_filter else _embeddings_of(part, pf.metadata.num_rows)
     start = 0
     for batch in pf.iter_batches(batch_size=batch_rows, columns=columns):
         lo, hi = np.searchsorted(rows, [start, start + batch.num_rows])
         if hi > lo:
-            picked = pa.Table.from_batches([batch]).take(pa.array(rows[lo:hi] - start))
+            picked = pa.Table.from_batches([batch])
+            if hi - lo < batch.num_rows:  # all rows kept is the common case: no copy then
+                picked = picked.take(pa.array(rows[lo:hi] - start))
             yield _as_scored(picked, no_filter, with_image=True), (
                 np.asarray(emb[rows[lo:hi]], dtype=np.float16) if emb is not None else None
             )

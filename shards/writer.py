@@ -44,15 +44,17 @@ def sample_key(shard: int, index: int) -> str:
     return f"{shard:05d}{index:04d}"
 
 
-def _json_value(value: Any) -> Any:
-    if isinstance(value, (datetime, date)):
-        return value.isoformat()
-    return value
+_SAMPLE_FIELDS = tuple(SAMPLE_SCHEMA.names)
+_TIME_FIELDS = tuple(f.name for f in SAMPLE_SCHEMA if pa.types.is_temporal(f.type))
 
 
 def sample_json(record: dict[str, Any]) -> bytes:
     """The ``.json`` of a sample: every SAMPLE_SCHEMA field in schema order, timestamps as ISO strings."""
-    return json.dumps({name: _json_value(record.get(name)) for name in SAMPLE_SCHEMA.names}, ensure_ascii=False).encode("utf-8")
+    doc = {name: record.get(name) for name in _SAMPLE_FIELDS}
+    for name in _TIME_FIELDS:
+        if isinstance(doc[name], (datetime, date)):
+            doc[name] = doc[name].isoformat()
+    return json.dumps(doc, ensure_ascii=False).encode("utf-8")
 
 
 _BLOCK = 512  # tar block
