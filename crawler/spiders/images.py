@@ -43,6 +43,9 @@ class ImagesSpider(scrapy.Spider):
     """Crawl pages from seed URLs, following in-scope links, and fetch every image found."""
 
     name = "images"
+    #: Scrapy components this spider switches off: {setting: (import path, ...)}, merged
+    #: into the project's dicts in from_crawler.
+    components_off: dict[str, tuple[str, ...]] = {}
 
     def __init__(self, config: CrawlConfig | None = None, **kwargs: Any):
         super().__init__()
@@ -74,9 +77,6 @@ class ImagesSpider(scrapy.Spider):
         crawler.signals.connect(spider._bytes_received, signal=signals.bytes_received)
         spider.page_maxsize = crawler.settings.getint("DOWNLOAD_MAXSIZE")
         return spider
-
-    #: Scrapy components a spider switches off: {setting: (import path, ...)}.
-    components_off: dict[str, tuple[str, ...]] = {}
 
     def _bytes_received(self, data: bytes, request: scrapy.Request, spider: scrapy.Spider) -> None:
         """Cut a body that streams past its cap (no Content-Length to refuse it up front)."""
