@@ -19,7 +19,14 @@ import pyarrow.parquet as pq
 SCHEMA_VERSION = 1
 
 
-class Status(str, enum.Enum):
+class ValueEnum(str, enum.Enum):
+    """A string enum whose ``str()`` and f-string form is its value (``f"{Status.OK}" == "ok"``)."""
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class Status(ValueEnum):
     """Why an image URL ended the way it did. ``http_NNN`` is built by :func:`http_status`."""
 
     OK = "ok"
@@ -40,17 +47,13 @@ class Status(str, enum.Enum):
     DOWNLOAD_ERROR = "download_error"  # any other transport failure (see ``error``)
     IGNORED = "ignored"  # refused by a downloader component (e.g. redirect limit)
 
-    def __str__(self) -> str:  # so f"{Status.OK}" == "ok"
-        return self.value
-
-
 
 def http_status(code: int) -> str:
     """Status string for a non-2xx HTTP answer, e.g. ``http_404``."""
     return f"http_{int(code):03d}"
 
 
-class PageStatus(str, enum.Enum):
+class PageStatus(ValueEnum):
     """How a page URL ended (counted under ``pages/`` in crawl stats; pages are not rows)."""
 
     OK = "ok"
@@ -68,11 +71,8 @@ class PageStatus(str, enum.Enum):
     DOWNLOAD_ERROR = "download_error"
     IGNORED = "ignored"
 
-    def __str__(self) -> str:
-        return self.value
 
-
-class CaptionSource(str, enum.Enum):
+class CaptionSource(ValueEnum):
     """Where a sample's caption came from."""
 
     ALT = "alt"
@@ -85,22 +85,16 @@ class CaptionSource(str, enum.Enum):
     LABEL = "label"  # --label-bank phrase
     GENERATED = "generated"  # CoCa model.generate
 
-    def __str__(self) -> str:
-        return self.value
 
-
-class FilterReason(str, enum.Enum):
+class FilterReason(ValueEnum):
     """Why the filter stage set ``kept=false``."""
 
     BELOW_THRESHOLD = "below_threshold"  # best caption scored under --threshold
     NO_CANDIDATE = "no_candidate"  # no text at all to score against
     DECODE_ERROR = "decode_error"  # stored image bytes could not be decoded
 
-    def __str__(self) -> str:
-        return self.value
 
-
-class DropReason(str, enum.Enum):
+class DropReason(ValueEnum):
     """Why the shards stage left a kept sample out of the shards."""
 
     DUPLICATE_SHA256 = "duplicate_sha256"
@@ -108,9 +102,6 @@ class DropReason(str, enum.Enum):
     SEMANTIC_DUPLICATE = "semantic_duplicate"
     BLOCKLISTED = "blocklisted"
     NO_CAPTION = "no_caption"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 # --- crawl records -----------------------------------------------------------------

@@ -13,7 +13,6 @@ own ``max_distance``.
 
 from __future__ import annotations
 
-import enum
 import json
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -23,7 +22,7 @@ from urllib.parse import urlsplit
 import numpy as np
 import pyarrow as pa
 
-from crawler.records import ConfigError, atomic_write_bytes
+from crawler.records import ConfigError, ValueEnum, atomic_write_bytes
 from shards.near_index import near_pairs_between
 from shards.phash import hamming, hex_to_uint64, phash_of_file
 
@@ -32,14 +31,11 @@ URL_COLUMNS = ("url", "final_url", "page_url")
 _HEX = set("0123456789abcdef")
 
 
-class EntryKind(str, enum.Enum):
+class EntryKind(ValueEnum):
     URL = "url"
     DOMAIN = "domain"
     SHA256 = "sha256"
     PHASH = "phash"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 @dataclass(frozen=True)
