@@ -14,6 +14,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH)
 	$(PY) -m pip install -q -e '.[test,coca]'
+	$(PY) -m compileall -q crawler filter shards
 	touch $@
 
 setup: $(VENV)/.installed

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
 import sys
@@ -352,5 +353,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def run() -> None:
+    """The ``capcrawl`` command: :func:`main`, then a quicker interpreter exit.
+
+    CPython's exit tears down every module and runs several full garbage collections over
+    what is left; after a crawl (a thousand modules: Scrapy, Twisted, aiohttp, pyarrow) that
+    took ~0.1 s. Collecting once here and then freezing the survivors (``gc.freeze``) leaves
+    those passes nothing to walk. Everything else about the exit is unchanged: threads are
+    joined, atexit handlers run, and objects are still released (and files closed) as their
+    modules go. In-process callers (the tests) use :func:`main` and are not affected.
+    """
+    code = main()
+    gc.collect()
+    gc.freeze()
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

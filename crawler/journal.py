@@ -14,9 +14,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import pyarrow.parquet as pq
 
-from .records import list_parts
+from .records import list_parts, read_columns
 
 PAGES_FILE = "pages.jsonl"
 
@@ -34,7 +33,7 @@ def load_done_urls(crawl_dir: Path) -> set[str]:
     """Image URLs that already have a row in a finished part."""
     done: set[str] = set()
     for part in list_parts(crawl_dir):
-        done.update(pq.read_table(part, columns=["url"]).column("url").to_pylist())
+        done.update(read_columns(part, ["url"]).column("url").to_pylist())
     return done
 
 

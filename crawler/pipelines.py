@@ -27,6 +27,7 @@ from .records import (
     atomic_write_bytes,
     list_parts,
     part_name,
+    read_columns,
     table_from_rows,
 )
 
@@ -277,7 +278,7 @@ class ImagePipeline:
 def count_statuses(crawl_dir: Path) -> dict[str, int]:
     counts: dict[str, int] = {}
     for part in list_parts(crawl_dir):
-        for s in pq.read_table(part, columns=["status"]).column("status").to_pylist():
+        for s in read_columns(part, ["status"]).column("status").to_pylist():
             counts[s] = counts.get(s, 0) + 1
     return dict(sorted(counts.items()))
 

@@ -24,6 +24,10 @@ def scrapy_settings(config: CrawlConfig, log_level: str = "WARNING"):
     settings.setdict(config.scrapy_settings(), priority="cmdline")
     settings.setdict(http_client_settings(config.http_client), priority="cmdline")
     settings.set("LOG_LEVEL", log_level, priority="cmdline")
+    if logging.getLevelName(log_level) > logging.INFO:
+        # Nobody sees the versions line then, but Scrapy would still collect it, and its
+        # platform field runs `uname -p` in a forked child.
+        settings.set("LOG_VERSIONS", [], priority="cmdline")
     settings.set("LOG_INSTALL_ROOT_HANDLER", False, priority="cmdline")  # the CLI configured logging
     return settings
 

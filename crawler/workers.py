@@ -11,9 +11,7 @@ from __future__ import annotations
 import multiprocessing
 import multiprocessing.context
 
-# scipy.fftpack is what imagehash.phash imports on its first call; the server skips a name
-# that cannot be imported.
-PRELOAD = ["crawler.imageproc", "imagehash", "scipy.fftpack"]
+PRELOAD = ["crawler.worker_preload"]
 
 
 def worker_context() -> multiprocessing.context.BaseContext:

@@ -27,6 +27,7 @@ from crawler.records import (
     conform,
     emb_name,
     list_parts,
+    read_columns,
 )
 
 log = logging.getLogger(__name__)
@@ -78,7 +79,8 @@ def _input_columns(names: list[str], no_filter: bool, with_image: bool) -> list[
 
 def read_part(path: Path, no_filter: bool, with_image: bool) -> pa.Table:
     """One input part as scored rows (META_SCHEMA, plus ``image`` if ``with_image``)."""
-    table = pq.read_table(path, columns=_input_columns(pq.read_schema(path).names, no_filter, with_image), memory_map=True)
+    names = pq.read_schema(path, memory_map=True).names
+    table = read_columns(path, _input_columns(names, no_filter, with_image), memory_map=True)
     return _as_scored(table, no_filter, with_image)
 
 

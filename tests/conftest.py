@@ -66,10 +66,10 @@ def other_site():
 
 
 def run_cli(*args: str, timeout: float = 180, env: dict | None = None, check: bool = False) -> subprocess.CompletedProcess:
-    """Run the real `capcrawl` command line in a fresh process (Scrapy's reactor runs once per process)."""
+    """Run the real `capcrawl` command (`python -m crawler` is its entry point) in a fresh process."""
     full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
     proc = subprocess.run(
-        [sys.executable, "-m", "crawler.cli", "-q", *args],
+        [sys.executable, "-m", "crawler", "-q", *args],
         cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=timeout,
     )
     if check and proc.returncode != 0:

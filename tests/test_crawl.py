@@ -306,7 +306,7 @@ def test_interrupt_then_kill_then_resume_records_each_image_once(tmp_path, site)
     expected = _resume_site(site)
     args = ["crawl", site.url("/p/0.html"), "--work", str(tmp_path), "--allow-private-addresses", "--max-depth", "100",
             "--concurrency", "2", "--per-host-concurrency", "2", "--part-rows", "5", "--no-autothrottle"]
-    proc = subprocess.Popen([sys.executable, "-m", "crawler.cli", "-q", *args], cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, "-m", "crawler", "-q", *args], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
     while len(list_parts(tmp_path / "crawl")) < 3 and time.monotonic() < deadline:
@@ -466,7 +466,7 @@ def test_progress_line_on_a_terminal(tmp_path, site):
     site.add("/a.jpg", jpeg(), content_type=IMG)
     master, slave = pty.openpty()
     proc = subprocess.run(
-        [sys.executable, "-m", "crawler.cli", "crawl", site.url("/"), "--work", str(tmp_path), "--allow-private-addresses"],
+        [sys.executable, "-m", "crawler", "crawl", site.url("/"), "--work", str(tmp_path), "--allow-private-addresses"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=slave, text=True, timeout=120,
     )
     os.close(slave)
@@ -488,7 +488,7 @@ def test_ctrl_c_stops_gracefully_and_says_how_to_resume(tmp_path, site):
     _one_page_of_images(site, 40, delay=0.5)
     args = ["crawl", site.url("/"), "--work", str(tmp_path), "--allow-private-addresses",
             "--concurrency", "4", "--per-host-concurrency", "4", "--no-autothrottle"]
-    proc = subprocess.Popen([sys.executable, "-m", "crawler.cli", "-q", *args], cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, "-m", "crawler", "-q", *args], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 30
     while site.requested("/img/8.jpg") == 0 and time.monotonic() < deadline:

@@ -159,3 +159,29 @@ def test_a_dying_image_worker_costs_only_its_image():
     results = asyncio.run(run())
     assert [r.status for r in results] == ["ok"] * 3 + ["corrupt"] + ["ok"] * 3
     assert "crashed" in results[3].error and results[3].sha256
+
+
+def test_spider_callbacks_return_no_value():
+    """crawler/settings.py turns off Scrapy's per-response check for generators that return a
+    value (it re-parsed the callback's source for every image); this is that check, run once."""
+    import inspect
+
+    from scrapy.utils.misc import is_generator_with_return_value
+
+    from crawler.spiders.images import ImageListSpider, ImagesSpider
+
+    checked = 0
+    for cls in (ImagesSpider, ImageListSpider):
+        for name, fn in inspect.getmembers(cls, inspect.isgeneratorfunction):
+            assert not is_generator_with_return_value(fn), f"{cls.__name__}.{name}"
+            checked += 1
+    assert checked >= 2
+
+
+def test_entry_point_finds_the_command_behind_global_options():
+    """`capcrawl` starts the image workers' fork server early only for commands that use it."""
+    from crawler.__main__ import _command
+
+    assert _command(["-v", "-q", "download", "urls.txt", "--work", "w"]) == "download"
+    assert _command(["shards", "--work", "w", "--out", "o"]) == "shards"
+    assert _command(["--help"]) is None and _command([]) is None
