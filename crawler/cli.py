@@ -14,6 +14,7 @@ from .config import LIST_FORMATS, CrawlConfig
 from .http import HTTP_CLIENTS
 from .imageproc import IMAGE_FORMATS, RESAMPLE_FILTERS, RESIZE_MODES
 from .records import ConfigError
+from .workers import IMAGE_COMMANDS
 
 log = logging.getLogger("capcrawl")
 
@@ -339,7 +340,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name in ("http11", "_base_streaming"):  # Twisted's and aiohttp's handlers
             logging.getLogger(f"scrapy.core.downloader.handlers.{name}").setLevel(logging.ERROR)
         logging.getLogger("scrapy.downloadermiddlewares.retry").setLevel(logging.CRITICAL)
-    if args.command in ("crawl", "download", "run"):
+    if args.command in IMAGE_COMMANDS:
         from .workers import start_worker_server
 
         start_worker_server()
@@ -359,9 +360,11 @@ def run() -> None:
     CPython's exit tears down every module and runs several full garbage collections over
     what is left; after a crawl (a thousand modules: Scrapy, Twisted, aiohttp, pyarrow) that
     took ~0.1 s. Collecting once here and then freezing the survivors (``gc.freeze``) leaves
-    those passes nothing to walk. Everything else about the exit is unchanged: threads are
-    joined, atexit handlers run, and objects are still released (and files closed) as their
-    modules go. In-process callers (the tests) use :func:`main` and are not affected.
+    those passes nothing to walk. Threads are still joined, atexit handlers run (logging
+    flushes there) and objects are released as their modules go, but an object that is part
+    of a reference cycle and still alive now is never finalized: every writer must be closed
+    before :func:`main` returns, as capcrawl's all are (Python does not promise ``__del__`` at
+    exit either). In-process callers (the tests) use :func:`main` and are not affected.
     """
     code = main()
     gc.collect()

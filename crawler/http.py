@@ -38,22 +38,16 @@ def http_client_settings(client: str) -> dict[str, Any]:
     if client == "twisted":
         # No DOWNLOAD_HANDLERS of ours: Scrapy's own (Twisted HTTP/1.1) handlers.
         return {"TWISTED_REACTOR_ENABLED": True, "DOWNLOAD_HANDLERS": {}}
-    return {
-        "TWISTED_REACTOR_ENABLED": False,
-        "DOWNLOAD_HANDLERS": {"http": AIOHTTP_HANDLER, "https": AIOHTTP_HANDLER},
-        "RETRY_EXCEPTIONS": aiohttp_retry_exceptions(),
-    }
+    return {"TWISTED_REACTOR_ENABLED": False, "DOWNLOAD_HANDLERS": {"http": AIOHTTP_HANDLER, "https": AIOHTTP_HANDLER}}
 
 
-def aiohttp_retry_exceptions() -> list[Any]:
-    """Scrapy's default RETRY_EXCEPTIONS less the Twisted client's own (its proxy TunnelError).
+def without_twisted_exceptions(retry_exceptions: list[Any]) -> list[Any]:
+    """RETRY_EXCEPTIONS less the Twisted client's own (Scrapy lists its proxy TunnelError).
 
-    The aiohttp handler never raises that one, and naming it makes the retry middleware
-    import Twisted's HTTP/1.1 handler and its TLS stack: ~0.1 s of every start.
+    The aiohttp handler never raises those, and naming one makes the retry middleware import
+    Twisted's HTTP/1.1 handler and its TLS stack: ~0.1 s of every start.
     """
-    from scrapy.settings import default_settings
-
-    return [e for e in default_settings.RETRY_EXCEPTIONS if not (isinstance(e, str) and e.startswith(_TWISTED_HANDLER))]
+    return [e for e in retry_exceptions if not (isinstance(e, str) and e.startswith(_TWISTED_HANDLER))]
 
 
 _TWISTED_HANDLER = "scrapy.core.downloader.handlers.http11."

@@ -14,7 +14,6 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-
 from .records import list_parts, read_columns
 
 PAGES_FILE = "pages.jsonl"

@@ -187,14 +187,14 @@ def list_parts(directory: str | Path) -> list[Path]:
     return sorted(p for p in d.glob(PART_GLOB) if p.is_file()) if d.is_dir() else []
 
 
-def read_columns(path: str | Path, columns: list[str] | None = None, memory_map: bool = False) -> pa.Table:
+def read_columns(path: str | Path, columns: list[str]) -> pa.Table:
     """Columns of one part file, read as a single file.
 
     ``pq.read_table`` goes through pyarrow's dataset layer, whose first use imports
     pyarrow.dataset and pyarrow.compute and starts thread pools: ~0.05 s of a short
     command's start or end, for nothing a single file needs.
     """
-    return pq.ParquetFile(path, memory_map=memory_map).read(columns=columns)
+    return pq.ParquetFile(path).read(columns=columns)
 
 
 def table_from_rows(rows: list[dict], schema: pa.Schema) -> pa.Table:

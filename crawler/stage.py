@@ -17,14 +17,16 @@ def scrapy_settings(config: CrawlConfig, log_level: str = "WARNING"):
     """crawler/settings.py overlaid with the configuration (what `scrapy crawl` would use)."""
     from scrapy.settings import Settings
 
-    from .http import http_client_settings
+    from .http import http_client_settings, without_twisted_exceptions
 
     settings = Settings()
     settings.setmodule("crawler.settings", priority="project")
     settings.setdict(config.scrapy_settings(), priority="cmdline")
     settings.setdict(http_client_settings(config.http_client), priority="cmdline")
+    if not settings.getbool("TWISTED_REACTOR_ENABLED"):
+        settings.set("RETRY_EXCEPTIONS", without_twisted_exceptions(settings.getlist("RETRY_EXCEPTIONS")), priority="cmdline")
     settings.set("LOG_LEVEL", log_level, priority="cmdline")
-    if logging.getLevelName(log_level) > logging.INFO:
+    if log_level not in ("DEBUG", "INFO"):
         # Nobody sees the versions line then, but Scrapy would still collect it, and its
         # platform field runs `uname -p` in a forked child.
         settings.set("LOG_VERSIONS", [], priority="cmdline")

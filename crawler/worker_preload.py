@@ -1,17 +1,21 @@
 """What the image workers' fork server imports before it forks any worker (:mod:`crawler.workers`).
 
-Importing this module is the preload: the image code, imagehash and the scipy DCT that
+Importing this module is the preload: the image code, then imagehash and the scipy DCT that
 ``imagehash.phash`` imports on its first call. It then freezes the garbage collector's view
 of everything imported (``gc.freeze``), as Python's documentation advises for a parent that
 forks without exec: collections in the workers never walk (and so never copy-on-write) the
 pages they share with the server, and the server's own exit does not walk them either.
+Only the fork server imports it.
 """
 
 import gc
 
-import imagehash  # noqa: F401
-import scipy.fftpack  # noqa: F401
-
 from crawler import imageproc  # noqa: F401
+
+try:  # workers would import them on their first pHash anyway
+    import imagehash  # noqa: F401
+    import scipy.fftpack  # noqa: F401
+except ImportError:
+    pass
 
 gc.freeze()

@@ -12,6 +12,8 @@ import multiprocessing
 import multiprocessing.context
 
 PRELOAD = ["crawler.worker_preload"]
+#: The commands that process images, and so start the fork server.
+IMAGE_COMMANDS = ("crawl", "download", "run")
 
 
 def worker_context() -> multiprocessing.context.BaseContext:

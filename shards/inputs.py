@@ -27,7 +27,6 @@ from crawler.records import (
     conform,
     emb_name,
     list_parts,
-    read_columns,
 )
 
 log = logging.getLogger(__name__)
@@ -79,8 +78,8 @@ def _input_columns(names: list[str], no_filter: bool, with_image: bool) -> list[
 
 def read_part(path: Path, no_filter: bool, with_image: bool) -> pa.Table:
     """One input part as scored rows (META_SCHEMA, plus ``image`` if ``with_image``)."""
-    names = pq.read_schema(path, memory_map=True).names
-    table = read_columns(path, _input_columns(names, no_filter, with_image), memory_map=True)
+    pf = pq.ParquetFile(path, memory_map=True)
+    table = pf.read(columns=_input_columns(pf.schema_arrow.names, no_filter, with_image))
     return _as_scored(table, no_filter, with_image)
 
 

@@ -185,3 +185,15 @@ def test_entry_point_finds_the_command_behind_global_options():
     assert _command(["-v", "-q", "download", "urls.txt", "--work", "w"]) == "download"
     assert _command(["shards", "--work", "w", "--out", "o"]) == "shards"
     assert _command(["--help"]) is None and _command([]) is None
+
+
+def test_aiohttp_client_retries_what_scrapy_retries_but_twisted_only_errors():
+    """The aiohttp path drops only the Twisted client's own exception from Scrapy's retry list
+    (naming it imports Twisted's TLS stack); the Twisted path keeps the list whole."""
+    from crawler.config import CrawlConfig
+    from crawler.stage import scrapy_settings
+
+    aio = scrapy_settings(CrawlConfig(work="w", http_client="aiohttp")).getlist("RETRY_EXCEPTIONS")
+    tx = scrapy_settings(CrawlConfig(work="w", http_client="twisted")).getlist("RETRY_EXCEPTIONS")
+    assert any("handlers.http11." in str(e) for e in tx)
+    assert aio == [e for e in tx if "handlers.http11." not in str(e)] and len(aio) >= 8
