@@ -15,6 +15,7 @@ from scrapy.crawler import Crawler
 from scrapy.downloadermiddlewares.retry import get_retry_request
 from scrapy.downloadermiddlewares.robotstxt import RobotsTxtMiddleware
 from scrapy.exceptions import IgnoreRequest, NotConfigured
+from scrapy.extensions.throttle import AutoThrottle
 from scrapy.http import Response
 from scrapy.utils.httpobj import urlparse_cached
 
@@ -155,6 +156,39 @@ def parse_retry_after(value: bytes | str | None, now: float | None = None) -> fl
     return max(0.0, when.timestamp() - (now if now is not None else time.time()))
 
 
+#: Signal sent by RetryAfterMiddleware when a host asks to be left alone: ``slot_key`` and
+#: ``until`` (``time.monotonic()``, the clock of Scrapy's download slots).
+BACKOFF = object()
+
+
+class RetryAfterAutoThrottle(AutoThrottle):
+    """Scrapy's AutoThrottle, except that it never shortens a wait a host asked for.
+
+    On every response Scrapy's moves the host's delay halfway towards its latency target, so
+    the first image to arrive after a 429 with ``Retry-After: 1`` halved the wait that
+    :class:`RetryAfterMiddleware` had set, and the retry came back after ~0.5 s.
+    """
+
+    def __init__(self, crawler: Crawler):
+        super().__init__(crawler)
+        self._until: dict[str, float] = {}
+        crawler.signals.connect(self._backoff, signal=BACKOFF)
+
+    def _backoff(self, slot_key: str, until: float) -> None:
+        self._until[slot_key] = max(self._until.get(slot_key, 0.0), until)
+
+    def _response_downloaded(self, response: Response, request: Request, spider: Spider) -> None:
+        super()._response_downloaded(response, request, spider)
+        key, slot = self._get_slot(request, spider)
+        until = self._until.get(key) if key is not None else None
+        if slot is None or until is None:
+            return
+        if until > time.monotonic():
+            slot.delay = max(slot.delay, until - slot.lastseen)
+        else:
+            del self._until[key]
+
+
 class RetryAfterMiddleware:
     """On 429/503, slow the whole host down (Retry-After or a doubling back-off) and retry, bounded."""
 
@@ -184,8 +218,12 @@ class RetryAfterMiddleware:
 
     def _slow_down(self, request: Request, wait: float) -> None:
         downloader = self.crawler.engine.downloader
-        slot = downloader.slots.get(downloader.get_slot_key(request))
+        key = downloader.get_slot_key(request)
+        slot = downloader.slots.get(key)
         if slot is not None:
-            slot.delay = max(slot.delay, wait)
+            until = time.monotonic() + wait
+            # The slot's next request starts at lastseen + delay (monotonic time of the last start).
+            slot.delay = max(slot.delay, wait, until - slot.lastseen)
             slot.jitter = 0.0  # a random 0.5x of the delay would come back before Retry-After
+            self.crawler.signals.send_catch_log(BACKOFF, slot_key=key, until=until)
             log.info("%s answered with a back-off: waiting %.1fs between requests to its host", request.url, wait)
