@@ -99,10 +99,6 @@ class RobotsMiddleware(RobotsTxtMiddleware):
         await super().process_request(request)
         self._keep_crawl_delay(request)
 
-    def process_response(self, request: Request, response: Response, spider: Spider | None = None) -> Response:
-        self._keep_crawl_delay(request)  # AutoThrottle may have lowered the delay meanwhile
-        return response
-
     def _keep_crawl_delay(self, request: Request) -> None:
         downloader = self.crawler.engine.downloader
         key = downloader.get_slot_key(request)
@@ -121,6 +117,8 @@ class RobotsMiddleware(RobotsTxtMiddleware):
                 self.crawl_delays[key] = min(float(delay), self.max_crawl_delay) if delay else 0.0
                 if delay:
                     self._stats.set_value(f"capcrawl/crawl_delay/{key}", self.crawl_delays[key])
+                    # so that AutoThrottle, which moves the delay on every response, keeps it
+                    self.crawler.signals.send_catch_log(HOST_WAIT, slot_key=key, delay=self.crawl_delays[key])
         try:
             super().process_request_2(rp, request)
         except IgnoreRequest as e:
@@ -156,37 +154,41 @@ def parse_retry_after(value: bytes | str | None, now: float | None = None) -> fl
     return max(0.0, when.timestamp() - (now if now is not None else time.time()))
 
 
-#: Signal sent by RetryAfterMiddleware when a host asks to be left alone: ``slot_key`` and
-#: ``until`` (``time.monotonic()``, the clock of Scrapy's download slots).
-BACKOFF = object()
+#: Signal sent when a host asks for a wait: ``slot_key`` with ``delay`` (robots.txt
+#: Crawl-delay: a minimum between requests, for good) and/or ``until`` (Retry-After: no
+#: request before then; ``time.monotonic()``, the clock of Scrapy's download slots).
+HOST_WAIT = object()
 
 
-class RetryAfterAutoThrottle(AutoThrottle):
+class PoliteAutoThrottle(AutoThrottle):
     """Scrapy's AutoThrottle, except that it never shortens a wait a host asked for.
 
-    On every response Scrapy's moves the host's delay halfway towards its latency target, so
-    the first image to arrive after a 429 with ``Retry-After: 1`` halved the wait that
-    :class:`RetryAfterMiddleware` had set, and the retry came back after ~0.5 s.
+    On every response Scrapy's moves the host's delay halfway towards its latency target: the
+    first image to arrive after a 429 with ``Retry-After: 1`` halved the wait that
+    :class:`RetryAfterMiddleware` had set (the retry came back after ~0.5 s), and a
+    Crawl-delay was lowered until the robots middleware put it back. The floors are applied
+    in the same signal handler, before the slot starts its next request.
     """
 
     def __init__(self, crawler: Crawler):
         super().__init__(crawler)
+        self._delay: dict[str, float] = {}
         self._until: dict[str, float] = {}
-        crawler.signals.connect(self._backoff, signal=BACKOFF)
+        crawler.signals.connect(self._host_wait, signal=HOST_WAIT)
 
-    def _backoff(self, slot_key: str, until: float) -> None:
+    def _host_wait(self, slot_key: str, delay: float = 0.0, until: float = 0.0) -> None:
+        self._delay[slot_key] = max(self._delay.get(slot_key, 0.0), delay)
         self._until[slot_key] = max(self._until.get(slot_key, 0.0), until)
 
     def _response_downloaded(self, response: Response, request: Request, spider: Spider) -> None:
         super()._response_downloaded(response, request, spider)
         key, slot = self._get_slot(request, spider)
-        until = self._until.get(key) if key is not None else None
-        if slot is None or until is None:
+        if slot is None or key not in self._delay:
             return
-        if until > time.monotonic():
-            slot.delay = max(slot.delay, until - slot.lastseen)
-        else:
-            del self._until[key]
+        floor = self._delay[key]
+        if self._until[key] > time.monotonic():
+            floor = max(floor, self._until[key] - slot.lastseen)
+        slot.delay = max(slot.delay, floor)
 
 
 class RetryAfterMiddleware:
@@ -225,5 +227,5 @@ class RetryAfterMiddleware:
             # The slot's next request starts at lastseen + delay (monotonic time of the last start).
             slot.delay = max(slot.delay, wait, until - slot.lastseen)
             slot.jitter = 0.0  # a random 0.5x of the delay would come back before Retry-After
-            self.crawler.signals.send_catch_log(BACKOFF, slot_key=key, until=until)
+            self.crawler.signals.send_catch_log(HOST_WAIT, slot_key=key, until=until)
             log.info("%s answered with a back-off: waiting %.1fs between requests to its host", request.url, wait)

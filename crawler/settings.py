@@ -81,9 +81,9 @@ ITEM_PIPELINES = {
 }
 EXTENSIONS = {
     "scrapy.extensions.telnet.TelnetConsole": None,
-    # The same, but it keeps the waits that 429/503 answers ask for (crawler/middlewares.py).
+    # The same, but it keeps the waits hosts ask for: Crawl-delay, Retry-After (crawler/middlewares.py).
     "scrapy.extensions.throttle.AutoThrottle": None,
-    "crawler.middlewares.RetryAfterAutoThrottle": 0,
+    "crawler.middlewares.PoliteAutoThrottle": 0,
     "crawler.progress.ProgressLine": 500,
 }
 
