@@ -277,6 +277,14 @@ def load_model(
         tokenizer = open_clip.get_tokenizer(name)
     except Exception as e:  # noqa: BLE001
         raise ConfigError(f"cannot build the tokenizer of {name} ({type(e).__name__}); use a model with a local tokenizer") from e
+    projection = getattr(getattr(net, "text_decoder", None), "text_projection", None)
+    if checkpoint is None and isinstance(projection, torch.nn.Parameter):
+        # open_clip's CoCa never initialises its decoder's text_projection (the decoder's own
+        # init_parameters() is never called, and fails if it is), so a random CoCa kept what
+        # torch.empty left there: NaN after some allocations, a flaky NaN in the test suite.
+        # Filled here as open_clip's text towers fill theirs.
+        with torch.no_grad():
+            torch.nn.init.normal_(projection, std=projection.shape[0] ** -0.5)
     net.eval()
     is_coca = isinstance(net, open_clip.CoCa)
     log.info("loaded %s (%s) on %s, autocast %s", name, checkpoint or "random weights", dev, amp)

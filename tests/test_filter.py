@@ -342,6 +342,21 @@ _TINY_COCA = {
 }
 
 
+def test_random_coca_has_no_uninitialised_weights(tmp_path):
+    """open_clip leaves a random CoCa's decoder projection as torch.empty left it (zeros, NaN or
+    garbage, whatever the allocator hands back; the suite once hit NaN); load_model fills it
+    the way open_clip fills its text towers' projections: N(0, width^-1/2)."""
+    from filter.model import load_model
+
+    config_json = tmp_path / "tiny-coca.json"
+    config_json.write_text(json.dumps(_TINY_COCA))
+    net = load_model(str(config_json), "none", device="cpu").model
+    assert all(torch.isfinite(t).all() for t in net.state_dict().values() if t.is_floating_point())
+    projection = net.text_decoder.text_projection.detach()
+    expected = projection.shape[0] ** -0.5
+    assert 0.8 * expected < float(projection.std()) < 1.2 * expected and abs(float(projection.mean())) < 0.01
+
+
 def test_coca_generated_caption_plumbing(tmp_path):
     pytest.importorskip("transformers", reason="CoCa generation needs the capcrawl[coca] extra")
     config_json = tmp_path / "tiny-coca.json"
