@@ -224,8 +224,9 @@ class RetryAfterMiddleware:
         slot = downloader.slots.get(key)
         if slot is not None:
             until = time.monotonic() + wait
-            # The slot's next request starts at lastseen + delay (monotonic time of the last start).
-            slot.delay = max(slot.delay, wait, until - slot.lastseen)
+            # The slot's next request starts at lastseen + delay (monotonic time of the last
+            # start, never after now), so this is at least ``wait``.
+            slot.delay = max(slot.delay, until - slot.lastseen)
             slot.jitter = 0.0  # a random 0.5x of the delay would come back before Retry-After
             self.crawler.signals.send_catch_log(HOST_WAIT, slot_key=key, until=until)
             log.info("%s answered with a back-off: waiting %.1fs between requests to its host", request.url, wait)
