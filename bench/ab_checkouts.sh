@@ -35,9 +35,7 @@ run_tree() {  # run_tree LABEL TREE PAIR
     mod="$(entry "$2")"
     rm -rf "$work" "$out"
     (cd "$2" && PYTHONPATH="$2" "$PY" "$REPO/bench/measure.py" --label "$1/download" --out "$RES" -- \
-        "$PY" -m "$mod" -q download "$URLS" --work "$work" --caption-col caption --allow-private-addresses \
-        --image-size 256 --resize-mode keep_ratio --image-format jpg --timeout 10 --retries 0 \
-        --concurrency 128 --per-host-concurrency 128 --no-autothrottle >/dev/null)
+        "$PY" -m "$mod" -q download "$URLS" --work "$work" "${CAPCRAWL_DOWNLOAD_ARGS[@]}" $CAPCRAWL_VS_FLAGS >/dev/null)
     (cd "$2" && PYTHONPATH="$2" "$PY" "$REPO/bench/measure.py" --label "$1/shards" --out "$RES" -- \
         "$PY" -m "$mod" -q shards --work "$work" --out "$out" --no-filter >/dev/null)
 }

@@ -9,6 +9,13 @@ PY="${PYTHON:-$REPO/.venv/bin/python}"
 CAPCRAWL="${CAPCRAWL:-$REPO/.venv/bin/capcrawl}"
 export BENCH_DIR BENCH_PORT
 
+# capcrawl's side of bench/vs_img2dataset.sh (and of bench/ab_checkouts.sh, which must time the
+# same commands): img2dataset's size, mode, format, timeout and retries; all 3,000 URLs are on
+# one host, so the polite per-host defaults are lifted to match img2dataset's 2 x 64 threads.
+CAPCRAWL_DOWNLOAD_ARGS=(--caption-col caption --allow-private-addresses --image-size 256 --resize-mode keep_ratio
+    --image-format jpg --timeout 10 --retries 0)
+CAPCRAWL_VS_FLAGS="--concurrency 128 --per-host-concurrency 128 --no-autothrottle"
+
 # Re-run the calling script inside a private network namespace (only loopback exists there),
 # so that nothing a benchmark does can leave the machine. Needs root (or user namespaces).
 enter_netns() {

@@ -12,7 +12,7 @@ source "$(dirname "$0")/lib.sh"
 PAIRS="${PAIRS:-3}"
 # All 3,000 URLs are on one host: capcrawl's polite per-host defaults (8 per host, AutoThrottle)
 # are lifted to match img2dataset, which has no per-host limit (2 processes x 64 threads).
-CAPCRAWL_FLAGS="${CAPCRAWL_FLAGS:---concurrency 128 --per-host-concurrency 128 --no-autothrottle}"
+CAPCRAWL_FLAGS="${CAPCRAWL_FLAGS:-$CAPCRAWL_VS_FLAGS}"
 
 if [ -z "${CCB_IN_NETNS:-}" ]; then
     prepare_tools
@@ -45,8 +45,7 @@ run_capcrawl() {  # run_capcrawl N
     rm -rf "$work" "$out"
     # shellcheck disable=SC2086
     measure --label "capcrawl/$1/download" --log "$RUNS/cc-$1.log" -- "$CAPCRAWL" -q download "$URLS" --work "$work" \
-        --caption-col caption --allow-private-addresses --image-size 256 --resize-mode keep_ratio \
-        --image-format jpg --timeout 10 --retries 0 $CAPCRAWL_FLAGS
+        "${CAPCRAWL_DOWNLOAD_ARGS[@]}" $CAPCRAWL_FLAGS
     measure --label "capcrawl/$1/shards" --log "$RUNS/cc-$1.log" -- "$CAPCRAWL" -q shards --work "$work" --out "$out" --no-filter
     echo "{\"label\": \"capcrawl/$1/count\", \"count\": $(count "$out")}" >>"$RES"
 }
