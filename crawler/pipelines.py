@@ -14,6 +14,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
+try:
+    import fcntl
+except ImportError:  # Windows: pipes stay at their default size
+    fcntl = None  # type: ignore[assignment]
+
 import pyarrow.parquet as pq
 
 from .imageproc import ImageOptions, ImageResult, init_worker, process_batch, warm_up
@@ -106,8 +111,19 @@ class PartWriter:
         self.part_rows, self.nbytes = 0, 0
 
 
+#: Pipe capacity asked for the worker pool's two queues (Linux's default is 64 KB): about a
+#: whole batch of typical web images each way, bodies out and resized images back.
+POOL_PIPE_BYTES = 1 << 20
+
+
 class PoolBatcher:
     """Owns the image worker pool: sends images in small batches, one future per image back.
+
+    A batch goes when it has ``batch_size`` images or ``batch_bytes`` of them, or ``max_wait``
+    after its first image. 16 typical web images (~60 KB) make about one wide pipe's worth
+    (:data:`POOL_PIPE_BYTES`); against 8 a batch, that measured ~2% less wall time on the
+    benchmark's 3,000 images (bench/vs_img2dataset.sh, 9 alternated pairs). The byte cap
+    keeps batches of large images from piling megabytes into one message.
 
     A worker that dies (out of memory on a hostile file, say) breaks the whole pool and
     every batch in it. The pool is then replaced, and each image it lost is retried alone,
@@ -119,16 +135,19 @@ class PoolBatcher:
         self,
         workers: int,
         opts: ImageOptions,
-        batch_size: int = 8,
+        batch_size: int = 16,
+        batch_bytes: int = 2 * POOL_PIPE_BYTES,
         max_wait: float = 0.004,
         work: Callable[[list[tuple[bytes, str | None]], ImageOptions], list[ImageResult]] = process_batch,
     ):
         self.workers = workers
         self.opts = opts
         self.batch_size = batch_size
+        self.batch_bytes = batch_bytes
         self.max_wait = max_wait
         self.work = work
         self.pending: list[tuple[bytes, str | None, asyncio.Future]] = []
+        self.pending_bytes = 0
         self._timer: asyncio.TimerHandle | None = None
         self.in_flight: set[asyncio.Future] = set()
         self.executor = self._new_pool(workers)
@@ -138,6 +157,7 @@ class PoolBatcher:
     @staticmethod
     def _new_pool(workers: int) -> cf.ProcessPoolExecutor:
         pool = cf.ProcessPoolExecutor(workers, mp_context=worker_context(), initializer=init_worker)
+        widen_pool_pipes(pool)
         for _ in range(workers):  # start the workers now, while robots.txt and the first pages download
             pool.submit(warm_up)
         return pool
@@ -175,7 +195,8 @@ class PoolBatcher:
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
         self.pending.append((data, content_type, fut))
-        if len(self.pending) >= self.batch_size:
+        self.pending_bytes += len(data)
+        if len(self.pending) >= self.batch_size or self.pending_bytes >= self.batch_bytes:
             self.flush()
         elif self._timer is None:
             self._timer = loop.call_later(self.max_wait, self.flush)
@@ -186,7 +207,7 @@ class PoolBatcher:
             self._timer.cancel()
             self._timer = None
         if self.pending:
-            batch, self.pending = self.pending, []
+            batch, self.pending, self.pending_bytes = self.pending, [], 0
             self._send(batch)
 
     def _send(self, batch: list[tuple[bytes, str | None, asyncio.Future]]) -> list[asyncio.Future]:
@@ -208,6 +229,31 @@ class PoolBatcher:
         self.executor.shutdown(wait=True, cancel_futures=True)
         if self._quarantine is not None:
             self._quarantine.shutdown(wait=True, cancel_futures=True)
+
+
+def widen_pool_pipes(pool: cf.ProcessPoolExecutor, size: int = POOL_PIPE_BYTES) -> int:
+    """Let each pipe of the pool's task and result queues hold a whole batch (Linux only).
+
+    With 64 KB pipes a batch (~1 MB of bodies) crossed in ~16 chunks, and the sending side
+    needs the GIL for each one: the crawl process's feeder and result threads take it from the busy event loop, so a
+    worker that had finished a batch sat blocked, sending its results or waiting for the rest of
+    the next batch. The pipes are the executor's (private attributes of CPython's
+    ``ProcessPoolExecutor`` and ``multiprocessing`` queues, so every step is guarded); where
+    any is missing or the size is refused (a per-user pipe limit), the pipes stay as they were.
+    Returns how many pipes were widened.
+    """
+    setpipe = getattr(fcntl, "F_SETPIPE_SZ", None) if fcntl is not None else None
+    if setpipe is None:
+        return 0
+    widened = 0
+    for queue in (getattr(pool, "_call_queue", None), getattr(pool, "_result_queue", None)):
+        conn = getattr(queue, "_writer", None)
+        try:
+            if fcntl.fcntl(conn.fileno(), setpipe, size) >= size:
+                widened += 1
+        except (AttributeError, OSError, ValueError):
+            continue
+    return widened
 
 
 def _resolve(batch: list[tuple[bytes, str | None, asyncio.Future]], done: cf.Future) -> None:

@@ -1,4 +1,5 @@
-"""A worker function that kills its process on a marker, to test recovery from dead image workers."""
+"""Worker functions for the pool tests: one kills its process on a marker (recovery from dead
+image workers), one reports the batches it was sent."""
 
 from __future__ import annotations
 
@@ -13,3 +14,15 @@ def crash_on_marker(items: list[tuple[bytes, str | None]], opts: ImageOptions) -
     if any(data == MARKER for data, _ in items):
         os._exit(1)  # what the kernel's OOM killer does to a worker, as far as the pool can tell
     return process_batch(items, opts)
+
+
+def batch_sizes(items: list[tuple[bytes, str | None]], opts: ImageOptions) -> list[ImageResult]:
+    """Each item's result says how many items its batch had and which item it was."""
+    return [ImageResult(status="ok", error=f"{len(items)}:{data.decode()}") for data, _ in items]
+
+
+def gc_threshold(items: list[tuple[bytes, str | None]], opts: ImageOptions) -> list[ImageResult]:
+    """Each item's result carries the worker's garbage-collector thresholds."""
+    import gc
+
+    return [ImageResult(status="ok", error=repr(gc.get_threshold())) for _ in items]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import os
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -159,6 +161,72 @@ def test_a_dying_image_worker_costs_only_its_image():
     results = asyncio.run(run())
     assert [r.status for r in results] == ["ok"] * 3 + ["corrupt"] + ["ok"] * 3
     assert "crashed" in results[3].error and results[3].sha256
+
+
+def test_pool_batches_by_count_and_bytes_and_answers_each_image():
+    import asyncio
+
+    from crawler.pipelines import PoolBatcher
+
+    from .crashy import batch_sizes
+
+    async def run(batch_bytes: int) -> list:
+        batcher = PoolBatcher(1, ImageOptions(), batch_size=4, batch_bytes=batch_bytes, work=batch_sizes)
+        try:
+            datas = [f"{i:04d}".encode() for i in range(10)]  # 4 bytes each
+            return await asyncio.gather(*(batcher.process(d, None) for d in datas))
+        finally:
+            batcher.close()
+
+    by_count = [r.error for r in asyncio.run(run(batch_bytes=1 << 20))]
+    assert by_count == [f"{n}:{i:04d}" for i, n in enumerate([4] * 8 + [2] * 2)]  # the last 2 by the timer
+    by_bytes = [r.error.split(":")[0] for r in asyncio.run(run(batch_bytes=12))]  # 3 items reach 12 bytes
+    assert by_bytes == ["3"] * 9 + ["1"]
+
+
+def test_pool_pipes_hold_a_whole_batch():
+    """On Linux the pool's task and result pipes are widened from 64 KB to POOL_PIPE_BYTES."""
+    import concurrent.futures as cf
+
+    fcntl = pytest.importorskip("fcntl")
+    if not hasattr(fcntl, "F_GETPIPE_SZ"):
+        pytest.skip("no pipe sizes on this platform")
+    from crawler.pipelines import POOL_PIPE_BYTES, widen_pool_pipes
+
+    limit = Path("/proc/sys/fs/pipe-max-size")
+    if limit.exists() and int(limit.read_text()) < POOL_PIPE_BYTES and os.geteuid() != 0:
+        pytest.skip("this machine caps pipes below POOL_PIPE_BYTES")
+    pool = cf.ProcessPoolExecutor(1)
+    try:
+        assert widen_pool_pipes(pool) == 2
+        for queue in (pool._call_queue, pool._result_queue):
+            assert fcntl.fcntl(queue._reader.fileno(), fcntl.F_GETPIPE_SZ) >= POOL_PIPE_BYTES
+        assert pool.submit(sum, [1, 2]).result() == 3
+    finally:
+        pool.shutdown()
+
+
+def test_image_workers_come_from_the_preloaded_fork_server():
+    """Workers are forked from a server that ran crawler.worker_preload (it sets their GC thresholds)."""
+    import asyncio
+
+    from crawler.__main__ import GC_THRESHOLD
+    from crawler.pipelines import PoolBatcher
+    from crawler.workers import worker_context
+
+    from .crashy import gc_threshold
+
+    if worker_context().get_start_method() != "forkserver":
+        pytest.skip("no fork server on this platform: workers are spawned")
+
+    async def run() -> list:
+        batcher = PoolBatcher(1, ImageOptions(), work=gc_threshold)
+        try:
+            return await asyncio.gather(*(batcher.process(b"x", None) for _ in range(3)))
+        finally:
+            batcher.close()
+
+    assert {r.error for r in asyncio.run(run())} == {repr(GC_THRESHOLD)}
 
 
 def test_spider_callbacks_return_no_value():
