@@ -534,3 +534,21 @@ def test_components_switched_off_keep_the_project_middlewares(tmp_path, spider_n
     assert (down["scrapy.downloadermiddlewares.redirect.MetaRefreshMiddleware"] is None) == list_only
     assert (spider_mw["scrapy.spidermiddlewares.urllength.UrlLengthMiddleware"] is None) == list_only
     assert crawler.settings.getbool("REMOTE_CONTROL_ENABLED") is False
+
+
+def test_scrapy_records_only_at_the_level_asked_for(tmp_path):
+    """Scrapy's logging set-up puts its logger at DEBUG; run_crawl puts it back at LOG_LEVEL, so
+    that no per-response debug record is built only to be dropped by the handlers."""
+    urls = tmp_path / "urls.txt"
+    urls.write_text("")
+    code = (
+        "import logging, sys\n"
+        "from crawler.config import CrawlConfig\n"
+        "from crawler.stage import run_crawl\n"
+        "run_crawl(CrawlConfig(work=sys.argv[1], url_list=sys.argv[2]), 'WARNING')\n"
+        "print(logging.getLogger('scrapy').getEffectiveLevel(), logging.getLogger('scrapy.core.engine').isEnabledFor(logging.DEBUG))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "w"), str(urls)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split()[-2:] == [str(30), "False"]

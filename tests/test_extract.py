@@ -265,3 +265,18 @@ def test_aiohttp_client_retries_what_scrapy_retries_but_twisted_only_errors():
     tx = scrapy_settings(CrawlConfig(work="w", http_client="twisted")).getlist("RETRY_EXCEPTIONS")
     assert any("handlers.http11." in str(e) for e in tx)
     assert aio == [e for e in tx if "handlers.http11." not in str(e)] and len(aio) >= 8
+
+
+def test_aiohttp_handler_sends_request_headers_without_proxy_credentials():
+    """The request's headers go out as they are, except Proxy-Authorization, which is dropped
+    from a copy (the request keeps it, for the proxy)."""
+    from scrapy import Request
+
+    from crawler.aiohttp_handler import AiohttpHandler
+
+    plain = Request("http://127.0.0.1/a.jpg", headers={"Accept": "image/*", "User-Agent": "capcrawl"})
+    assert AiohttpHandler._request_headers(plain).to_tuple_list() == [("Accept", "image/*"), ("User-Agent", "capcrawl")]
+    proxied = Request("http://127.0.0.1/a.jpg", headers={"Accept": "image/*", "Proxy-Authorization": "Basic eDp5"})
+    sent = AiohttpHandler._request_headers(proxied)
+    assert sent.to_tuple_list() == [("Accept", "image/*")]
+    assert proxied.headers.get("Proxy-Authorization") == b"Basic eDp5"
