@@ -8,8 +8,13 @@ Where there is no fork server (Windows), workers are spawned.
 
 from __future__ import annotations
 
-import multiprocessing
-import multiprocessing.context
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import multiprocessing.context
+
+# multiprocessing is imported where it is used: the commands that process no images (shards,
+# filter, remove) import this module only for IMAGE_COMMANDS.
 
 PRELOAD = ["crawler.worker_preload"]
 #: The commands that process images, and so start the fork server.
@@ -17,6 +22,8 @@ IMAGE_COMMANDS = ("crawl", "download", "run")
 
 
 def worker_context() -> multiprocessing.context.BaseContext:
+    import multiprocessing
+
     if "forkserver" not in multiprocessing.get_all_start_methods():
         return multiprocessing.get_context("spawn")
     ctx = multiprocessing.get_context("forkserver")
