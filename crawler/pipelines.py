@@ -121,8 +121,8 @@ class PoolBatcher:
 
     A batch goes when it has ``batch_size`` images or ``batch_bytes`` of them, or ``max_wait``
     after its first image. 16 typical web images (~60 KB) make about one wide pipe's worth
-    (:data:`POOL_PIPE_BYTES`); against 8 a batch, that measured ~2% less wall time on the
-    benchmark's 3,000 images (bench/vs_img2dataset.sh, 9 alternated pairs). The byte cap
+    (:data:`POOL_PIPE_BYTES`); against 8 a batch, downloads of bench/vs_img2dataset.sh's 3,000
+    images took ~2% less wall time (9 alternated pairs, bench/README.md). The byte cap
     keeps batches of large images from piling megabytes into one message.
 
     A worker that dies (out of memory on a hostile file, say) breaks the whole pool and
