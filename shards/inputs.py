@@ -160,27 +160,6 @@ def iter_rows(part: Path, rows: np.ndarray, no_filter: bool, batch_rows: int = 2
         start += batch.num_rows
 
 
-def binary_views(column: pa.ChunkedArray | pa.Array) -> list[memoryview | None]:
-    """The values of a binary column as memoryviews of Arrow's own buffers (None for nulls).
-
-    ``to_pylist()`` would copy every image into a new ``bytes`` first, only for it to be
-    copied again into the tar: one more pass over every image byte of the run.
-    """
-    chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
-    views: list[memoryview | None] = []
-    for chunk in chunks:
-        if len(chunk) == 0:
-            continue
-        offset_type = np.int64 if pa.types.is_large_binary(chunk.type) else np.int32
-        validity, offsets_buf, data_buf = chunk.buffers()[:3]
-        offsets = np.frombuffer(offsets_buf, dtype=offset_type)[chunk.offset : chunk.offset + len(chunk) + 1].tolist()
-        data = memoryview(data_buf) if data_buf is not None else memoryview(b"")
-        valid = chunk.is_valid().to_pylist() if validity is not None and chunk.null_count else None
-        for i in range(len(chunk)):
-            views.append(data[offsets[i] : offsets[i + 1]] if valid is None or valid[i] else None)
-    return views
-
-
 def embedding_dim(parts: list[Path], no_filter: bool) -> int | None:
     """Width of the parts' embeddings (from the first that has one), None if there are none."""
     if no_filter:

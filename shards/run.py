@@ -20,7 +20,7 @@ from crawler.records import CRAWL_DIR, SCORED_DIR, STATS_FILE, DropReason, atomi
 from shards.blocklist import Blocklist
 from shards.config import ShardsConfig
 from shards.dedup import KEPT, HashSet, Verdicts, deduplicate, priority_rank
-from shards.inputs import PART_COLUMN, ROW_COLUMN, Candidates, binary_views, embedding_dim, iter_rows, load_candidates
+from shards.inputs import PART_COLUMN, ROW_COLUMN, Candidates, embedding_dim, iter_rows, load_candidates
 from shards.manifest import update_manifest
 from shards.outdir import DEDUP_LOG_DIR, clean_incomplete, list_shards, locked, next_shard_number, read_index, read_json
 from shards.phash import hex_to_uint64
@@ -112,7 +112,7 @@ def write_samples(config: ShardsConfig, cands: Candidates, verdicts: Verdicts) -
                 continue
             positions = iter(kept[mine].tolist())
             for table, emb in iter_rows(part, row_of[mine], config.no_filter):
-                images = binary_views(table.column("image"))
+                images = table.column("image").to_pylist()
                 # records first: zip stops on them without taking a position of the next batch
                 for j, (record, pos) in enumerate(zip(_records(table), positions)):
                     if not images[j]:

@@ -87,7 +87,7 @@ class TarStream:
         self._fh = open(path, "wb", buffering=1 << 20)
         self.offset = 0
 
-    def add(self, name: str, data: bytes | memoryview) -> int:
+    def add(self, name: str, data: bytes) -> int:
         """Append one member; return the bytes it took in the tar."""
         pad = -len(data) % _BLOCK
         self._fh.write(_ustar_header(name, len(data)))
@@ -115,7 +115,7 @@ class TarStream:
         self.close()
 
 
-def add_member(tar: TarStream, name: str, data: bytes | memoryview) -> int:
+def add_member(tar: TarStream, name: str, data: bytes) -> int:
     """Add one file with fixed metadata; return the bytes it took in the tar."""
     return tar.add(name, data)
 
@@ -201,7 +201,7 @@ class ShardWriter:
         else:
             self._abort_shard()
 
-    def write(self, record: dict[str, Any], image: bytes | memoryview, embedding: np.ndarray | None = None) -> str:
+    def write(self, record: dict[str, Any], image: bytes, embedding: np.ndarray | None = None) -> str:
         """Add one sample (``record``: SAMPLE_SCHEMA fields but ``key``); return its key."""
         shard = self._shard_for(len(image))
         key = sample_key(shard.number, len(shard.rows))

@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -333,16 +332,3 @@ def test_cli_options_and_validation(tmp_path):
     with pytest.raises(ConfigError, match="--no-filter"):
         shards_config_from_args(parser.parse_args([]), str(tmp_path / "empty"), str(tmp_path / "o"))
 
-
-def test_binary_views_match_the_values_without_copying():
-    from shards.inputs import binary_views
-
-    values = [b"abc", None, b"", b"\x00\xffxyz", b"last"]
-    for typ in (pa.binary(), pa.large_binary()):
-        arr = pa.array(values, type=typ)
-        for column in (arr, pa.chunked_array([arr.slice(0, 2), arr.slice(2)]), arr.slice(1)):
-            expected = column.to_pylist()
-            views = binary_views(column)
-            assert [None if v is None else bytes(v) for v in views] == expected
-            assert all(isinstance(v, memoryview) for v in views if v is not None)
-    assert binary_views(pa.chunked_array([], type=pa.binary())) == []
