@@ -336,10 +336,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     for handler in logging.root.handlers:
         handler.setLevel(level)
-    if args.verbose == 0:  # one warning per oversized image is noise; the stats count them
-        for name in ("http11", "_base_streaming"):  # Twisted's and aiohttp's handlers
-            logging.getLogger(f"scrapy.core.downloader.handlers.{name}").setLevel(logging.ERROR)
-        logging.getLogger("scrapy.downloadermiddlewares.retry").setLevel(logging.CRITICAL)
     if args.command in IMAGE_COMMANDS:
         from .workers import start_worker_server
 

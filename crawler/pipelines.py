@@ -122,8 +122,9 @@ class PoolBatcher:
     A batch goes when it has ``batch_size`` images or ``batch_bytes`` of them, or ``max_wait``
     after its first image. 16 typical web images (~60 KB) make about one wide pipe's worth
     (:data:`POOL_PIPE_BYTES`); against 8 a batch, downloads of bench/vs_img2dataset.sh's 3,000
-    images took ~2% less wall time (9 alternated pairs, bench/README.md). The byte cap
-    keeps batches of large images from piling megabytes into one message.
+    images took ~1.6% less wall time (9 alternated pairs, bench/README.md). The byte cap ends
+    a batch at the image that takes it past 2 MB, so that 16 large images do not travel as one
+    message (a worker crash also sends fewer of them to the one-at-a-time retry).
 
     A worker that dies (out of memory on a hostile file, say) breaks the whole pool and
     every batch in it. The pool is then replaced, and each image it lost is retried alone,
@@ -234,10 +235,10 @@ class PoolBatcher:
 def widen_pool_pipes(pool: cf.ProcessPoolExecutor, size: int = POOL_PIPE_BYTES) -> int:
     """Let each pipe of the pool's task and result queues hold a whole batch (Linux only).
 
-    With 64 KB pipes a batch (~1 MB of bodies) crossed in ~16 chunks, and the sending side
-    needs the GIL for each one: the crawl process's feeder and result threads take it from the busy event loop, so a
-    worker that had finished a batch sat blocked, sending its results or waiting for the rest of
-    the next batch. The pipes are the executor's (private attributes of CPython's
+    With 64 KB pipes a batch (~1 MB of bodies) crossed in ~16 chunks, and the crawl process's
+    side needs the GIL for each one: its feeder and result threads take it from the busy event
+    loop, so a worker that had finished a batch sat blocked, sending its results or waiting for
+    the rest of the next batch. The pipes are the executor's (private attributes of CPython's
     ``ProcessPoolExecutor`` and ``multiprocessing`` queues, so every step is guarded); where
     any is missing or the size is refused (a per-user pipe limit), the pipes stay as they were.
     Returns how many pipes were widened.

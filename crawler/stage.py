@@ -34,6 +34,30 @@ def scrapy_settings(config: CrawlConfig, log_level: str = "WARNING"):
     return settings
 
 
+#: Scrapy loggers quieter than the rest at capcrawl's default level (WARNING): one warning per
+#: oversized image or exhausted retry is noise in a crawl of millions; stats.json counts them.
+QUIET_AT_WARNING = {
+    "scrapy.core.downloader.handlers.http11": logging.ERROR,  # Twisted's client
+    "scrapy.core.downloader.handlers._base_streaming": logging.ERROR,  # aiohttp's
+    "scrapy.downloadermiddlewares.retry": logging.CRITICAL,
+}
+
+
+def set_scrapy_log_levels(log_level: str) -> None:
+    """Scrapy's loggers at ``log_level``; call it after Scrapy has configured logging.
+
+    Scrapy's set-up (in ``AsyncCrawlerProcess``) puts its own logger at DEBUG whatever
+    LOG_LEVEL says, leaving the filtering to the handlers: every response and every item then
+    built a "Crawled (200)" and a "Scraped from" record that no handler printed (~2% of the
+    crawl process's CPU). It also resets the levels of the loggers below it, so the quieter
+    ones of :data:`QUIET_AT_WARNING` are set here too, after it.
+    """
+    logging.getLogger("scrapy").setLevel(log_level)
+    quiet = QUIET_AT_WARNING if log_level == "WARNING" else {}
+    for name in QUIET_AT_WARNING:
+        logging.getLogger(name).setLevel(quiet.get(name, logging.NOTSET))
+
+
 def run_crawl(config: CrawlConfig, log_level: str = "WARNING") -> dict[str, Any]:
     """Crawl seeds (or download a URL list) into WORK/crawl; returns WORK/crawl/stats.json.
 
@@ -45,11 +69,7 @@ def run_crawl(config: CrawlConfig, log_level: str = "WARNING") -> dict[str, Any]
     from .spiders.images import ImageListSpider, ImagesSpider
 
     process = AsyncCrawlerProcess(scrapy_settings(config, log_level))
-    # Scrapy's logging set-up (run just now) sets its own logger to DEBUG, whatever LOG_LEVEL
-    # says, and leaves the filtering to the handlers: every response and every item then built
-    # a "Crawled (200)" and a "Scraped from" record that no handler printed (~2% of the crawl
-    # process's CPU). Its records are cut at the level asked for instead.
-    logging.getLogger("scrapy").setLevel(log_level)
+    set_scrapy_log_levels(log_level)
     process.crawl(ImageListSpider if config.url_list else ImagesSpider, config=config)
     process.start()
     stats_path = Path(config.work) / CRAWL_DIR / STATS_FILE

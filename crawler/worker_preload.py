@@ -5,8 +5,9 @@ Importing this module is the preload: the image code, then imagehash and the sci
 of everything imported (``gc.freeze``), as Python's documentation advises for a parent that
 forks without exec: collections in the workers never walk (and so never copy-on-write) the
 pages they share with the server, and the server's own exit does not walk them either.
-The workers use the crawl process's larger young generation too
-(``crawler.__main__.GC_THRESHOLD``). Only the fork server imports it.
+The workers forked from the server also get the crawl process's larger young generation
+(``crawler.workers.GC_THRESHOLD``; spawned workers, where there is no fork server, keep
+Python's defaults). Only the fork server imports it.
 """
 
 import gc
@@ -19,7 +20,7 @@ try:  # workers would import them on their first pHash anyway
 except ImportError:
     pass
 
-from crawler.__main__ import GC_THRESHOLD  # noqa: E402
+from crawler.workers import GC_THRESHOLD  # noqa: E402
 
 gc.freeze()
 gc.set_threshold(*GC_THRESHOLD)

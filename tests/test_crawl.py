@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import signal
 import struct
@@ -536,19 +537,25 @@ def test_components_switched_off_keep_the_project_middlewares(tmp_path, spider_n
     assert crawler.settings.getbool("REMOTE_CONTROL_ENABLED") is False
 
 
-def test_scrapy_records_only_at_the_level_asked_for(tmp_path):
-    """Scrapy's logging set-up puts its logger at DEBUG; run_crawl puts it back at LOG_LEVEL, so
-    that no per-response debug record is built only to be dropped by the handlers."""
+@pytest.mark.parametrize("level", ["WARNING", "INFO"])
+def test_scrapy_records_only_at_the_level_asked_for(tmp_path, level):
+    """Scrapy's logging set-up puts its logger at DEBUG and resets the ones below it; run_crawl
+    sets them after it: no per-response debug record is built only to be dropped, and at the
+    default level the per-image warnings (oversized, retries given up) stay quiet."""
     urls = tmp_path / "urls.txt"
     urls.write_text("")
     code = (
         "import logging, sys\n"
         "from crawler.config import CrawlConfig\n"
-        "from crawler.stage import run_crawl\n"
-        "run_crawl(CrawlConfig(work=sys.argv[1], url_list=sys.argv[2]), 'WARNING')\n"
-        "print(logging.getLogger('scrapy').getEffectiveLevel(), logging.getLogger('scrapy.core.engine').isEnabledFor(logging.DEBUG))\n"
+        "from crawler.stage import QUIET_AT_WARNING, run_crawl\n"
+        "run_crawl(CrawlConfig(work=sys.argv[1], url_list=sys.argv[2]), sys.argv[3])\n"
+        "print(logging.getLogger('scrapy.core.engine').getEffectiveLevel(),"
+        " *(logging.getLogger(n).getEffectiveLevel() for n in sorted(QUIET_AT_WARNING)))\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "w"), str(urls)], cwd=ROOT,
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "w"), str(urls), level], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.split()[-2:] == [str(30), "False"]
+    engine, *quiet = map(int, proc.stdout.split()[-4:])
+    assert engine == getattr(logging, level)
+    # sorted names: the two download handlers (ERROR), then the retry middleware (CRITICAL)
+    assert quiet == ([logging.ERROR, logging.ERROR, logging.CRITICAL] if level == "WARNING" else [logging.INFO] * 3)
