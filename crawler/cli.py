@@ -276,8 +276,14 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 }
 
 
+def _log_level(args: argparse.Namespace) -> int:
+    """-v count to a logging level: WARNING, INFO (-v), DEBUG (-vv)."""
+    return {0: logging.WARNING, 1: logging.INFO}.get(args.verbose, logging.DEBUG)
+
+
 def _scrapy_log_level(args: argparse.Namespace) -> str:
-    return {0: "WARNING", 1: "INFO"}.get(args.verbose, "DEBUG")
+    """The same level by name, for Scrapy's LOG_LEVEL and its loggers."""
+    return logging.getLevelName(_log_level(args))
 
 
 def _print_table(title: str, stats: dict[str, Any]) -> None:
@@ -332,7 +338,7 @@ def print_crawl_summary(stats: dict[str, Any], where: Path) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    level = logging.WARNING if args.verbose == 0 else logging.INFO if args.verbose == 1 else logging.DEBUG
+    level = _log_level(args)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     for handler in logging.root.handlers:
         handler.setLevel(level)
