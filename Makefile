@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH)
 	$(PY) -m pip install -q -e '.[test,coca]'
-	$(PY) -m compileall -q crawler filter shards
+	$(PY) -m compileall -q capcrawl common crawler filter shards
 	touch $@
 
 setup: $(VENV)/.installed
@@ -23,6 +23,7 @@ demo: setup
 	HF_HUB_OFFLINE=1 $(OFFLINE) $(VENV)/bin/capcrawl demo --dir capcrawl-demo
 
 test: setup
+	$(VENV)/bin/lint-imports --no-cache
 	HF_HUB_OFFLINE=1 $(OFFLINE) $(PY) -m pytest -q $(PYTEST_ARGS)
 
 clean:

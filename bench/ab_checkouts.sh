@@ -21,14 +21,18 @@ if [ -z "${CCB_IN_NETNS:-}" ]; then
     build_site
     rm -rf "$OLD" && mkdir -p "$OLD"
     git -C "$REPO" archive "$OLD_REV" | tar -x -C "$OLD"
-    "$PY" -m compileall -q "$OLD/crawler" "$OLD/filter" "$OLD/shards"
+    for pkg in capcrawl common crawler filter shards; do
+        [ -d "$OLD/$pkg" ] && "$PY" -m compileall -q "$OLD/$pkg"
+    done
 fi
 enter_netns "$@"
 trap stop_nginx EXIT
 start_nginx
 
-entry() {  # the command-line module of a tree: crawler/__main__.py since cc82ac7
-    if [ -f "$1/crawler/__main__.py" ]; then echo crawler; else echo crawler.cli; fi
+entry() {  # the command-line module of a tree: capcrawl/__main__.py, crawler/__main__.py (cc82ac7..), crawler/cli.py before
+    if [ -f "$1/capcrawl/__main__.py" ]; then echo capcrawl
+    elif [ -f "$1/crawler/__main__.py" ]; then echo crawler
+    else echo crawler.cli; fi
 }
 run_tree() {  # run_tree LABEL TREE PAIR
     local work="$BENCH_DIR/runs/ab-$1-work" out="$BENCH_DIR/runs/ab-$1-out" mod

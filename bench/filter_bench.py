@@ -28,12 +28,14 @@ import torch  # noqa: E402
 from filter.config import FilterConfig  # noqa: E402
 from filter.model import LoadedModel, load_model  # noqa: E402
 from filter.stage import FilterStage  # noqa: E402
-from filter.tiny import COLORS, SHAPES, TINY_THRESHOLD, caption_for, ensure_tiny_model, render_shape  # noqa: E402
+from capcrawl.tiny import COLORS, SHAPES, TINY_THRESHOLD, caption_for, ensure_tiny_model, render_shape  # noqa: E402
 
 
 def make_crawl_part(work: Path, n: int, size: int = 256) -> list[str]:
     """One crawl part of ``n`` rendered shapes (JPEG) with unique alts; returns the alts."""
-    from crawler.records import CRAWL_DIR, CRAWL_SCHEMA, Status, atomic_write_parquet, part_name, table_from_rows
+    from common.fileio import atomic_write_parquet
+    from common.layout import CRAWL_DIR, part_name
+    from common.records import CRAWL_SCHEMA, Status, table_from_rows
 
     rng = np.random.default_rng(0)
     rows, alts = [], []

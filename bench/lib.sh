@@ -40,7 +40,7 @@ prepare_tools() {  # run before enter_netns: apt needs the network
     # Byte-compile the project's own modules, as pip does for any installed package (the
     # img2dataset venv's included): an editable install leaves them to be compiled on every
     # start when PYTHONDONTWRITEBYTECODE is set, as it is on some machines (~0.03 s a command).
-    "$PY" -m compileall -q "$REPO/crawler" "$REPO/filter" "$REPO/shards"
+    "$PY" -m compileall -q "$REPO/capcrawl" "$REPO/common" "$REPO/crawler" "$REPO/filter" "$REPO/shards"
 }
 
 build_site() {  # build_site [--list-sizes N ...]

@@ -1,63 +1,137 @@
-"""capcrawl crawl/download options: one dataclass, validated once at start-up."""
+"""The crawl stage's options (``capcrawl crawl`` / ``download``): declared once, validated on construction."""
 
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from common.errors import ConfigError
+from common.options import (
+    between,
+    check_fields,
+    describe,
+    from_strings,
+    non_negative,
+    option,
+    parse_size,
+    positive,
+    replace_frozen,
+)
+
 from .http import HTTP_CLIENTS
 from .imageproc import IMAGE_FORMATS, RESAMPLE_FILTERS, RESIZE_MODES, ImageOptions
-from .records import ConfigError
-
-log = logging.getLogger(__name__)
 
 DEFAULT_USER_AGENT = "capcrawl/0.1 (+https://github.com/capcrawl/capcrawl; image-caption dataset builder)"
 LIST_FORMATS = ("txt", "csv", "tsv", "parquet", "jsonl")
 
+#: Options that only make sense when crawling pages from seeds, and only for URL lists.
+CRAWL_ONLY = ("seeds", "max_pages", "max_depth", "allow_domains")
+LIST_ONLY = ("url_list", "input_format", "url_col", "caption_col")
 
-@dataclass
+_SCOPE, _POLITE, _HTTP, _IMAGES, _SAFETY, _LIST = "crawl scope", "politeness", "downloads", "images", "safety", "URL list"
+
+
+@dataclass(frozen=True)
 class CrawlConfig:
-    work: str
-    seeds: list[str] = field(default_factory=list)
-    url_list: str | None = None  # URL-list mode when set
-    input_format: str | None = None  # guessed from the extension when None
-    url_col: str = "url"
-    caption_col: str | None = None
-    max_pages: int = 1000
-    max_depth: int = 3
-    allow_domains: list[str] = field(default_factory=list)
-    user_agent: str = DEFAULT_USER_AGENT
-    concurrency: int = 64
-    per_host_concurrency: int = 8
-    image_size: int = 256
-    resize_mode: str = "keep_ratio"
-    resize_only_if_bigger: bool = False
-    resample: str = "area"
-    image_format: str = "jpg"
-    quality: int = 95
-    min_image_size: int = 10
-    max_image_bytes: int = 20 * 1024 * 1024
-    max_pixels: int = 89_478_485
-    allow_private_addresses: bool = False
-    ignore_robots: bool = False
-    timeout: float = 20.0
-    deadline: float = 0.0  # seconds for the whole run; 0 = none
-    retries: int = 2
-    max_retry_after: float = 120.0
-    part_rows: int = 2000
-    workers: int = 0  # image worker processes; 0 = one per core
-    autothrottle: bool = True
-    http_client: str = "aiohttp"  # crawler.http.HTTP_CLIENTS
-    progress: bool = True
+    """Everything the crawl stage needs; invalid values raise ConfigError when it is built."""
+
+    work: str = option(flag="--work", help="work directory (records go to WORK/crawl)", required=True)
+    seeds: tuple[str, ...] = option((), "", "URL, or a text file of URLs (one a line, # comments)", metavar="SEED")
+    url_list: str | None = option(None, "", "URL list: txt, csv, tsv, parquet or jsonl", metavar="URL_LIST")
+    input_format: str | None = option(None, "--input-format", "format of the URL list (default: from its extension)",
+                                      choices=LIST_FORMATS, group=_LIST)
+    url_col: str = option("url", "--url-col", "URL column for csv/tsv/parquet/jsonl (default %(default)s)", group=_LIST)
+    caption_col: str | None = option(None, "--caption-col", "caption column, kept as caption_in", group=_LIST)
+    max_pages: int = option(1000, "--max-pages", "pages to fetch at most (default %(default)s)", check=positive, group=_SCOPE)
+    max_depth: int = option(3, "--max-depth", "links from a seed, by the shortest path (default %(default)s)",
+                            check=non_negative, group=_SCOPE)
+    allow_domains: tuple[str, ...] = option((), "--allow-domain", "also follow links to D and its subdomains "
+                                            "(repeatable); default scope: the seeds' hosts", action="append",
+                                            metavar="D", group=_SCOPE)
+    user_agent: str = option(DEFAULT_USER_AGENT, "--user-agent", "names capcrawl and a contact URL by default", group=_POLITE)
+    concurrency: int = option(64, "--concurrency", "requests in flight (default %(default)s)", check=positive, group=_POLITE)
+    per_host_concurrency: int = option(8, "--per-host-concurrency", "requests in flight per host (default %(default)s)",
+                                       check=positive, group=_POLITE)
+    autothrottle: bool = option(True, "--no-autothrottle", "switch AutoThrottle off", action="store_false", group=_POLITE)
+    timeout: float = option(20.0, "--timeout", "seconds per download (default %(default)s)", check=positive, group=_HTTP)
+    deadline: float = option(0.0, "--deadline", "stop the run after this many seconds; rerun to continue (0: none)",
+                             check=non_negative, group=_HTTP)
+    retries: int = option(2, "--retries", "retries for 5xx, 429 and timeouts (default %(default)s)", check=non_negative, group=_HTTP)
+    max_retry_after: float = option(120.0, "--max-retry-after", "longest Retry-After wait honoured, in seconds "
+                                    "(default %(default)s)", check=non_negative, group=_HTTP)
+    http_client: str = option("aiohttp", "--http-client", "aiohttp on asyncio (default, less CPU) or Twisted's "
+                              "HTTP/1.1 client", choices=HTTP_CLIENTS, group=_HTTP)
+    allow_private_addresses: bool = option(False, "--allow-private-addresses", "allow hosts on private, loopback or "
+                                           "link-local addresses (off: refused, status private_address)",
+                                           action="store_true", group=_SAFETY)
+    allow_addresses: tuple[str, ...] = option((), "--allow-address", "allow this private network or address only, "
+                                              "e.g. 10.1.0.0/16 (repeatable)", action="append", metavar="CIDR", group=_SAFETY)
+    ignore_robots: bool = option(False, "--ignore-robots", "do NOT obey robots.txt (only for sites you own)",
+                                 action="store_true", group=_SAFETY)
+    image_size: int = option(256, "--image-size", "target size in pixels (default %(default)s)", check=positive, group=_IMAGES)
+    resize_mode: str = option("keep_ratio", "--resize-mode", "as img2dataset's (default %(default)s)", choices=RESIZE_MODES,
+                              group=_IMAGES)
+    resize_only_if_bigger: bool = option(False, "--resize-only-if-bigger", "never upscale", action="store_true", group=_IMAGES)
+    resample: str = option("area", "--resample", "area: pixel averaging when shrinking (as img2dataset), Lanczos when "
+                           "enlarging (default)", choices=RESAMPLE_FILTERS, group=_IMAGES)
+    image_format: str = option("jpg", "--image-format", "format of the stored images (default %(default)s)",
+                               choices=tuple(IMAGE_FORMATS), group=_IMAGES)
+    quality: int = option(95, "--quality", "JPEG/WebP quality (default %(default)s)", check=between(1, 100), group=_IMAGES)
+    min_image_size: int = option(10, "--min-image-size", "images with a smaller side are too_small (default %(default)s)",
+                                 check=non_negative, group=_IMAGES)
+    max_image_bytes: int = option(20 * 1024 * 1024, "--max-image-bytes", "cut larger bodies while streaming (default 20MB)",
+                                  parse=parse_size, check=positive, group=_IMAGES)
+    max_pixels: int = option(89_478_485, "--max-pixels", "more pixels is a decompression_bomb (default %(default)s)",
+                             check=positive, group=_IMAGES)
+    image_workers: int = option(0, "--image-workers", "image worker processes (default 0: one per core)",
+                                check=non_negative, group=_IMAGES)
+    part_rows: int = option(2000, "--part-rows", "rows per crawl part (default %(default)s)", check=positive, group=_IMAGES)
+    progress: bool = option(True, hidden=True, help="a progress line on a terminal")
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        if not str(self.work).strip():
+            raise ConfigError("--work must name a directory.")
+        if not self.user_agent.strip():
+            raise ConfigError("--user-agent must not be empty; name your crawler and a contact URL.")
+        for d in self.allow_domains:
+            if not d or "/" in d or " " in d:
+                raise ConfigError(f"--allow-domain takes a host name such as example.com, got {d!r}.")
+        from .middlewares import parse_networks
+
+        try:
+            parse_networks(self.allow_addresses)
+        except ValueError as e:
+            raise ConfigError(f"--allow-address takes a network or address such as 10.1.0.0/16 ({e}).") from e
+        # per-host concurrency can never exceed the total
+        replace_frozen(
+            self,
+            per_host_concurrency=min(self.per_host_concurrency, self.concurrency),
+            allow_domains=tuple(d.lower().lstrip(".") for d in self.allow_domains),
+        )
+        if self.url_list:
+            replace_frozen(self, input_format=_validate_list(self.url_list, self.input_format, self.url_col, self.caption_col))
+        else:
+            replace_frozen(self, seeds=tuple(expand_seeds(self.seeds)))
 
     @property
     def mode(self) -> str:
         return "list" if self.url_list else "crawl"
+
+    @property
+    def crawl_dir(self) -> Path:
+        from common.layout import crawl_dir
+
+        return crawl_dir(self.work)
+
+    @property
+    def workers(self) -> int:
+        """Image worker processes to start."""
+        return self.image_workers or max(1, os.cpu_count() or 1)
 
     def image_options(self) -> ImageOptions:
         return ImageOptions(
@@ -70,57 +144,6 @@ class CrawlConfig:
             resize_only_if_bigger=self.resize_only_if_bigger,
             resample=self.resample,
         )
-
-    def validate(self) -> "CrawlConfig":
-        """Raise ConfigError with one actionable sentence for the first bad option."""
-        _positive("--max-pages", self.max_pages)
-        _non_negative("--max-depth", self.max_depth)
-        _positive("--concurrency", self.concurrency)
-        _positive("--per-host-concurrency", self.per_host_concurrency)
-        _positive("--image-size", self.image_size)
-        _non_negative("--min-image-size", self.min_image_size)
-        _positive("--max-image-bytes", self.max_image_bytes)
-        _positive("--max-pixels", self.max_pixels)
-        _positive("--timeout", self.timeout)
-        _non_negative("--deadline", self.deadline)
-        _non_negative("--retries", self.retries)
-        _positive("--part-rows", self.part_rows)
-        _non_negative("--workers", self.workers)
-        if not 1 <= self.quality <= 100:
-            raise ConfigError(f"--quality must be between 1 and 100, got {self.quality}.")
-        if self.resize_mode not in RESIZE_MODES:
-            raise ConfigError(f"--resize-mode must be one of {', '.join(RESIZE_MODES)}, got {self.resize_mode!r}.")
-        if self.resample not in RESAMPLE_FILTERS:
-            raise ConfigError(f"--resample must be one of {', '.join(RESAMPLE_FILTERS)}, got {self.resample!r}.")
-        if self.image_format not in IMAGE_FORMATS:
-            raise ConfigError(f"--image-format must be one of {', '.join(IMAGE_FORMATS)}, got {self.image_format!r}.")
-        if not self.user_agent.strip():
-            raise ConfigError("--user-agent must not be empty; name your crawler and a contact URL.")
-        if self.http_client not in HTTP_CLIENTS:
-            raise ConfigError(f"--http-client must be one of {', '.join(HTTP_CLIENTS)}, got {self.http_client!r}.")
-        if self.per_host_concurrency > self.concurrency:
-            self.per_host_concurrency = self.concurrency
-        for d in self.allow_domains:
-            if not d or "/" in d or " " in d:
-                raise ConfigError(f"--allow-domain takes a host name such as example.com, got {d!r}.")
-        if self.url_list:
-            self._validate_list()
-        else:
-            self.seeds = expand_seeds(self.seeds)
-        if self.ignore_robots:
-            log.warning("!!! --ignore-robots: robots.txt will NOT be obeyed. Only do this for sites you own. !!!")
-        return self
-
-    def _validate_list(self) -> None:
-        p = Path(self.url_list)
-        if not p.is_file():
-            raise ConfigError(f"URL list {self.url_list} does not exist or is not a file.")
-        fmt = self.input_format or guess_format(p)
-        if fmt not in LIST_FORMATS:
-            raise ConfigError(
-                f"cannot tell the format of {p.name}; pass --input-format with one of {', '.join(LIST_FORMATS)}."
-            )
-        self.input_format = fmt
 
     def scrapy_settings(self) -> dict[str, Any]:
         """Scrapy setting overrides for this configuration."""
@@ -136,58 +159,41 @@ class CrawlConfig:
             "CLOSESPIDER_TIMEOUT": self.deadline,
             "CAPCRAWL_PROGRESS": self.progress,
             "CAPCRAWL_ALLOW_PRIVATE_ADDRESSES": self.allow_private_addresses,
+            "CAPCRAWL_ALLOWED_NETWORKS": list(self.allow_addresses),
             "CAPCRAWL_MAX_RETRY_AFTER": self.max_retry_after,
         }
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return describe(self)
+
+    def replace(self, **changes: Any) -> "CrawlConfig":
+        return dataclasses.replace(self, **changes)
 
     @classmethod
     def from_spider_args(cls, kwargs: dict[str, Any]) -> "CrawlConfig":
         """Build from ``scrapy crawl images -a key=value`` strings (comma-separated lists)."""
         if "work" not in kwargs:
             raise ConfigError("pass the work directory: scrapy crawl images -a seeds=URL -a work=DIR")
-        types = {f.name: f.type for f in dataclasses.fields(cls)}
-        values: dict[str, Any] = {}
-        for key, raw in kwargs.items():
-            key = key.replace("-", "_")
-            if key not in types:
-                raise ConfigError(f"unknown spider argument {key!r}; known: {', '.join(sorted(types))}.")
-            if not isinstance(raw, str):
-                values[key] = raw
-            elif "list" in str(types[key]):
-                values[key] = [s for s in raw.split(",") if s]
-            elif types[key] in ("int", int):
-                values[key] = _parse(int, key, raw)
-            elif types[key] in ("float", float):
-                values[key] = _parse(float, key, raw)
-            elif types[key] in ("bool", bool):
-                values[key] = raw.lower() in ("1", "true", "yes", "on")
-            else:
-                values[key] = raw
-        return cls(**values).validate()
-
-
-def _parse(kind: type, key: str, raw: str) -> Any:
-    try:
-        return kind(raw)
-    except ValueError as e:
-        raise ConfigError(f"{key} must be a number, got {raw!r}.") from e
-
-
-def _positive(name: str, value: float) -> None:
-    if value <= 0:
-        raise ConfigError(f"{name} must be greater than 0, got {value}.")
-
-
-def _non_negative(name: str, value: float) -> None:
-    if value < 0:
-        raise ConfigError(f"{name} must be 0 or more, got {value}.")
+        return from_strings(cls, kwargs)
 
 
 def guess_format(path: Path) -> str | None:
     suffix = path.suffix.lower().lstrip(".")
     return {"txt": "txt", "csv": "csv", "tsv": "tsv", "parquet": "parquet", "jsonl": "jsonl", "json": "jsonl"}.get(suffix)
+
+
+def _validate_list(url_list: str, input_format: str | None, url_col: str, caption_col: str | None) -> str:
+    """The list's format; fails at start-up (not mid-crawl) when the list or its columns are missing."""
+    p = Path(url_list)
+    if not p.is_file():
+        raise ConfigError(f"URL list {url_list} does not exist or is not a file.")
+    fmt = input_format or guess_format(p)
+    if fmt not in LIST_FORMATS:
+        raise ConfigError(f"cannot tell the format of {p.name}; pass --input-format with one of {', '.join(LIST_FORMATS)}.")
+    from .urllist import validate_list
+
+    validate_list(p, fmt, url_col, caption_col)
+    return fmt
 
 
 def check_url(url: str) -> str | None:
@@ -203,7 +209,7 @@ def check_url(url: str) -> str | None:
     return None
 
 
-def expand_seeds(seeds: list[str]) -> list[str]:
+def expand_seeds(seeds: tuple[str, ...] | list[str]) -> list[str]:
     """URLs, and files of URLs (one a line, ``#`` comments), in order, without repeats."""
     out: list[str] = []
     for s in seeds:

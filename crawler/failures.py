@@ -14,10 +14,11 @@ from scrapy.exceptions import (
 from scrapy.spidermiddlewares.httperror import HttpError
 from twisted.internet import defer, error as txerror
 from twisted.python.failure import Failure
-from twisted.web._newclient import ResponseFailed, ResponseNeverReceived
 
-from .middlewares import PrivateAddressRefused, RobotsForbidden
-from .records import PageStatus, Status, http_status
+from common.records import PageStatus, Status, http_status
+
+from .middlewares import PrivateAddressRefused
+from .upstream import TWISTED_CONNECTION_ERRORS, RobotsForbidden
 
 _TIMEOUTS = (DownloadTimeoutError, txerror.TimeoutError, txerror.TCPTimedOutError, defer.TimeoutError)
 _DNS = (CannotResolveHostError, txerror.DNSLookupError)
@@ -28,8 +29,7 @@ _CONNECTION = (
     txerror.ConnectionRefusedError,
     txerror.ConnectionLost,
     txerror.ConnectionDone,
-    ResponseFailed,
-    ResponseNeverReceived,
+    *TWISTED_CONNECTION_ERRORS,
 )
 
 

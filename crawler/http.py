@@ -9,10 +9,11 @@ parser is aiohttp's C one, and no Deferred chain sits under every request.
 for anything the aiohttp path gets wrong.
 
 Scrapy 2.19 ships the aiohttp handler under a private module name and calls it
-experimental. capcrawl's whole test suite (real servers on loopback: redirects, retries,
-Retry-After, robots.txt, timeouts, refused connections, streaming size caps, Ctrl-C) runs
-through it, so its warning is not repeated to users; if a Scrapy release moves the module,
-capcrawl says so once and uses Twisted.
+experimental (:mod:`crawler.upstream` holds capcrawl's subclass). capcrawl's whole test
+suite (real servers on loopback: redirects, retries, Retry-After, robots.txt, timeouts,
+refused connections, streaming size caps, Ctrl-C) runs through it, so its warning is not
+repeated to users; if a Scrapy release moves the module, capcrawl says so once and uses
+Twisted.
 """
 
 from __future__ import annotations
@@ -24,30 +25,15 @@ log = logging.getLogger(__name__)
 
 HTTP_CLIENTS = ("aiohttp", "twisted")
 
-AIOHTTP_HANDLER = "crawler.aiohttp_handler.AiohttpHandler"
-
 
 def http_client_settings(client: str) -> dict[str, Any]:
     """Scrapy settings that select ``client``: the reactor switch and the http(s) handlers."""
-    if client == "aiohttp":
-        try:
-            import crawler.aiohttp_handler  # noqa: F401 - only to learn that it imports
-        except ImportError as e:
-            log.warning("Scrapy's aiohttp download handler is not available (%s); downloading with Twisted", e)
-            client = "twisted"
+    from .upstream import AIOHTTP_HANDLER, aiohttp_available
+
+    if client == "aiohttp" and (why := aiohttp_available()) is not None:
+        log.warning("Scrapy's aiohttp download handler is not available (%s); downloading with Twisted", why)
+        client = "twisted"
     if client == "twisted":
         # No DOWNLOAD_HANDLERS of ours: Scrapy's own (Twisted HTTP/1.1) handlers.
         return {"TWISTED_REACTOR_ENABLED": True, "DOWNLOAD_HANDLERS": {}}
     return {"TWISTED_REACTOR_ENABLED": False, "DOWNLOAD_HANDLERS": {"http": AIOHTTP_HANDLER, "https": AIOHTTP_HANDLER}}
-
-
-def without_twisted_exceptions(retry_exceptions: list[Any]) -> list[Any]:
-    """RETRY_EXCEPTIONS less the Twisted client's own (Scrapy lists its proxy TunnelError).
-
-    The aiohttp handler never raises those, and naming one makes the retry middleware import
-    Twisted's HTTP/1.1 handler and its TLS stack: ~0.1 s of every start.
-    """
-    return [e for e in retry_exceptions if not (isinstance(e, str) and e.startswith(_TWISTED_HANDLER))]
-
-
-_TWISTED_HANDLER = "scrapy.core.downloader.handlers.http11."

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .records import Status
+from common.phash import PHASH_SOURCE_MIN_SIDE, perceptual_hash
+from common.records import Status
 
 RESIZE_MODES = ("no", "keep_ratio", "keep_ratio_largest", "center_crop", "border")
 #: Resampling filters. "area" averages the covered pixels when shrinking (what img2dataset's
@@ -22,8 +23,6 @@ RESIZE_MODES = ("no", "keep_ratio", "keep_ratio_largest", "center_crop", "border
 RESAMPLE_FILTERS = ("area", "bicubic", "lanczos")
 IMAGE_FORMATS = {"jpg": "JPEG", "webp": "WEBP", "png": "PNG"}
 
-# Pixel limits are ours to enforce (max_pixels); Pillow's own guard stays as a backstop.
-Image.MAX_IMAGE_PIXELS = None
 
 
 @dataclass(frozen=True)
@@ -92,28 +91,6 @@ def _frame(img: Image.Image, opts: ImageOptions) -> Image.Image:
     return img
 
 
-_PHASH_SIDE = 32  # imagehash.phash works on a 32x32 greyscale copy
-
-
-def perceptual_hash(img: Image.Image) -> str:
-    """The 64-bit ``imagehash.phash`` of an image, as 16 hex characters.
-
-    The one pHash of the project: crawled images, takedown files and synthetic test data
-    all go through here. The 32x32 greyscale copy that phash works on is made first, with
-    ``reducing_gap=2`` (an exact integer box reduction, then Lanczos for the rest), so
-    phash's own Lanczos shrink has nothing left to do: 0.27 ms instead of 0.8 ms for a
-    341x256 image. On the benchmark's photo-like JPEGs the hash equals the plain
-    ``imagehash.phash`` of the full image for 72% and is within 2 bits for 99.4% (near
-    duplicates are <= 4 bits apart).
-    """
-    import imagehash  # here, not at the top: it pulls in scipy, which only hashing needs
-
-    grey = img if img.mode == "L" else img.convert("L")
-    if grey.size != (_PHASH_SIDE, _PHASH_SIDE):
-        grey = grey.resize((_PHASH_SIDE, _PHASH_SIDE), Image.Resampling.LANCZOS, reducing_gap=2.0)
-    return str(imagehash.phash(grey))
-
-
 def _phash_source(decoded: Image.Image, scaled: Image.Image) -> Image.Image:
     """The smaller of the decoded and the scaled image that still has >= 32 px a side.
 
@@ -121,7 +98,7 @@ def _phash_source(decoded: Image.Image, scaled: Image.Image) -> Image.Image:
     work for nearly the same hash. Scaled means before any crop or border, so the hash is
     of the whole picture; large JPEGs were already decoded at their draft (reduced) size.
     """
-    if scaled.width * scaled.height < decoded.width * decoded.height and min(scaled.size) >= _PHASH_SIDE:
+    if scaled.width * scaled.height < decoded.width * decoded.height and min(scaled.size) >= PHASH_SOURCE_MIN_SIDE:
         return scaled
     return decoded
 
@@ -176,8 +153,16 @@ def process_image(data: bytes, opts: ImageOptions, content_type: str | None = No
     res = ImageResult(status=Status.OK.value, sha256=sha)
     if content_type and content_type.split(";")[0].strip().lower() in ("text/html", "application/xhtml+xml"):
         return _fail(res, Status.NOT_AN_IMAGE, f"content type {content_type}")
+    # Pillow's own decompression-bomb guard stays on, at the same limit as --max-pixels: it
+    # refuses at open() what is over twice the limit, and warns (turned into an error at
+    # load(), below) for a frame that decodes larger than its header says.
+    Image.MAX_IMAGE_PIXELS = opts.max_pixels
     try:
-        img = Image.open(io.BytesIO(data))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # named just below
+            img = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as e:
+        return _fail(res, Status.DECOMPRESSION_BOMB, str(e))
     except UnidentifiedImageError:
         return _fail(res, Status.NOT_AN_IMAGE, "not a decodable image format")
     except Exception as e:  # Pillow raises many types for broken headers

@@ -5,18 +5,26 @@ when complete), so a crash loses at most the rows not yet in a part. Pages are j
 one JSON line each when parsed: their links and images let a rerun skip a finished page
 while still following its links. This survives kill -9, unlike Scrapy's JOBDIR queue,
 whose in-flight requests are already marked seen when the process dies.
+
+A page can appear more than once in a journal (when a shorter path to it was found after it
+was parsed, its depth is journaled again); the last line wins.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Iterator
+from urllib.parse import urlsplit
 
-from .records import list_parts, read_columns
+from common.layout import journal_files, journal_name, list_parts
+from common.records import IMAGE_PAGES_SCHEMA, PageStatus, read_columns
 
-PAGES_FILE = "pages.jsonl"
+#: Page statuses whose images were read from the page (their image lists count for chrome).
+PARSED = (PageStatus.OK.value, PageStatus.NOAI.value, PageStatus.TDMREP.value, PageStatus.CONTENT_USAGE.value)
 
 
 @dataclass
@@ -26,6 +34,7 @@ class PageEntry:
     status: str
     links: list[str]
     images: list[str]
+    data_uris: int = 0  # inline data: images on the page (never samples, counted)
 
 
 def load_done_urls(crawl_dir: Path) -> set[str]:
@@ -36,26 +45,32 @@ def load_done_urls(crawl_dir: Path) -> set[str]:
     return done
 
 
+def read_journal(path: Path) -> Iterator[PageEntry]:
+    """Entries of one journal file in order (a line cut short by a kill is skipped)."""
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            try:
+                d = json.loads(line)
+                yield PageEntry(**d)
+            except (ValueError, TypeError):
+                continue
+
+
 class PageJournal:
     """Append-only log of parsed pages (one JSON object a line, flushed per page)."""
 
-    def __init__(self, crawl_dir: Path):
-        self.path = crawl_dir / PAGES_FILE
-        self.entries: dict[str, PageEntry] = {}
-        if self.path.exists():
-            with open(self.path, encoding="utf-8") as fh:
-                for line in fh:
-                    try:
-                        d = json.loads(line)
-                    except ValueError:
-                        continue  # a line cut short by a kill
-                    self.entries[d["url"]] = PageEntry(**d)
+    def __init__(self, crawl_dir: Path, worker: int | None = None):
         crawl_dir.mkdir(parents=True, exist_ok=True)
+        self.path = crawl_dir / journal_name(worker)
+        self.entries: dict[str, PageEntry] = {}
+        for path in journal_files(crawl_dir):  # every worker's journal: they share one frontier
+            for entry in read_journal(path):
+                self.entries[entry.url] = entry
         self._fh = open(self.path, "a", encoding="utf-8")
 
     def add(self, entry: PageEntry) -> None:
         self.entries[entry.url] = entry
-        self._fh.write(json.dumps(entry.__dict__, ensure_ascii=False) + "\n")
+        self._fh.write(json.dumps(asdict(entry), ensure_ascii=False) + "\n")
         self._fh.flush()
 
     def is_complete(self, url: str, done: set[str]) -> bool:
@@ -63,12 +78,37 @@ class PageJournal:
         return e is not None and all(i in done for i in e.images)
 
     def status_counts(self) -> dict[str, int]:
-        counts: dict[str, int] = {}
-        for e in self.entries.values():
-            counts[e.status] = counts.get(e.status, 0) + 1
-        return counts
+        return dict(Counter(e.status for e in self.entries.values()))
+
+    def data_uris(self) -> int:
+        return sum(e.data_uris for e in self.entries.values())
 
     def close(self) -> None:
         self._fh.flush()
         os.fsync(self._fh.fileno())
         self._fh.close()
+
+
+def image_page_counts(entries: dict[str, PageEntry]) -> "pyarrow.Table":  # noqa: F821
+    """Per (image URL, page host): pages of that host showing the image, and the host's parsed pages."""
+    import pyarrow as pa
+
+    host_pages: Counter[str] = Counter()
+    counts: Counter[tuple[str, str]] = Counter()
+    for e in entries.values():
+        if e.status not in PARSED:
+            continue
+        host = (urlsplit(e.url).hostname or "").lower()
+        host_pages[host] += 1
+        for image in set(e.images):
+            counts[(image, host)] += 1
+    rows = sorted(counts.items())
+    return pa.table(
+        {
+            "url": [u for (u, _), _ in rows],
+            "host": [h for (_, h), _ in rows],
+            "page_count": pa.array([n for _, n in rows], pa.int32()),
+            "host_pages": pa.array([host_pages[h] for (_, h), _ in rows], pa.int32()),
+        },
+        schema=IMAGE_PAGES_SCHEMA,
+    )

@@ -5,36 +5,22 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures as cf
 import hashlib
-import json
 import logging
-import os
-import tempfile
 from concurrent.futures.process import BrokenProcessPool
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-try:
-    import fcntl
-except ImportError:  # Windows: pipes stay at their default size
-    fcntl = None  # type: ignore[assignment]
-
 import pyarrow.parquet as pq
 
+from common.fileio import publish, temp_path
+from common.layout import list_parts, parse_part_name, part_name
+from common.records import CRAWL_COLUMNS, CRAWL_SCHEMA, Status, table_from_rows
+
 from .imageproc import ImageOptions, ImageResult, init_worker, process_batch, warm_up
+from .stats import IMAGES
+from .upstream import widen_pool_pipes
 from .workers import worker_context
-from .records import (
-    Status,
-    CRAWL_COLUMNS,
-    CRAWL_SCHEMA,
-    STATS_FILE,
-    SCHEMA_VERSION,
-    atomic_write_bytes,
-    list_parts,
-    part_name,
-    read_columns,
-    table_from_rows,
-)
 
 log = logging.getLogger(__name__)
 
@@ -53,18 +39,20 @@ class PartWriter:
     Rows go out in row groups of ``group_rows`` to a temporary file beside the part, which is
     renamed into place only when the part is complete (so a crash loses at most that part's
     rows, as before). Holding one row group rather than a whole part keeps the reactor
-    process's memory flat and spreads the encoding work over the run.
+    process's memory flat and spreads the encoding work over the run. ``worker`` puts a crawl
+    worker's id in its part names (``part-w03-00000.parquet``), so that workers sharing a
+    directory never write the same name.
     """
 
-    def __init__(self, directory: Path, rows_per_part: int, max_bytes: int = PART_MAX_BYTES, group_rows: int = 256):
+    def __init__(self, directory: Path, rows_per_part: int, max_bytes: int = PART_MAX_BYTES, group_rows: int = 256,
+                 worker: int | None = None):
         self.directory = directory
         self.rows_per_part = rows_per_part
         self.max_bytes = max_bytes
         self.group_rows = group_rows
-        for stale in directory.glob(".part-*.tmp"):  # left by a run that was killed mid-part
-            stale.unlink()
-        existing = list_parts(directory)
-        self.next_index = int(existing[-1].stem.split("-")[1]) + 1 if existing else 0
+        self.worker = worker
+        mine = [parsed[1] for p in list_parts(directory) if (parsed := parse_part_name(p.name)) and parsed[0] == worker]
+        self.next_index = max(mine) + 1 if mine else 0
         self.rows: list[dict[str, Any]] = []  # the open row group
         self.nbytes = 0  # of the open part, written or buffered
         self.part_rows = 0  # rows of the open part already in its temporary file
@@ -85,10 +73,7 @@ class PartWriter:
             return
         table = table_from_rows(self.rows, CRAWL_SCHEMA)
         if self._writer is None:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{part_name(self.next_index)}.", suffix=".tmp", dir=self.directory)
-            os.close(fd)
-            self._tmp = Path(tmp)
+            self._tmp = temp_path(self.directory / part_name(self.next_index, self.worker))
             self._writer = pq.ParquetWriter(
                 self._tmp, CRAWL_SCHEMA, compression=PART_COMPRESSION, use_dictionary=_DICTIONARY_COLUMNS
             )
@@ -102,8 +87,7 @@ class PartWriter:
         if self._writer is None:
             return
         self._writer.close()
-        path = self.directory / part_name(self.next_index)
-        os.replace(self._tmp, path)
+        path = publish(self._tmp, self.directory / part_name(self.next_index, self.worker))
         log.debug("wrote %s (%d rows)", path, self.part_rows)
         self.written += self.part_rows
         self.next_index += 1
@@ -158,7 +142,7 @@ class PoolBatcher:
     @staticmethod
     def _new_pool(workers: int) -> cf.ProcessPoolExecutor:
         pool = cf.ProcessPoolExecutor(workers, mp_context=worker_context(), initializer=init_worker)
-        widen_pool_pipes(pool)
+        widen_pool_pipes(pool, POOL_PIPE_BYTES)
         for _ in range(workers):  # start the workers now, while robots.txt and the first pages download
             pool.submit(warm_up)
         return pool
@@ -232,31 +216,6 @@ class PoolBatcher:
             self._quarantine.shutdown(wait=True, cancel_futures=True)
 
 
-def widen_pool_pipes(pool: cf.ProcessPoolExecutor, size: int = POOL_PIPE_BYTES) -> int:
-    """Let each pipe of the pool's task and result queues hold a whole batch (Linux only).
-
-    With 64 KB pipes a batch (~1 MB of bodies) crossed in ~16 chunks, and the crawl process's
-    side needs the GIL for each one: its feeder and result threads take it from the busy event
-    loop, so a worker that had finished a batch sat blocked, sending its results or waiting for
-    the rest of the next batch. The pipes are the executor's (private attributes of CPython's
-    ``ProcessPoolExecutor`` and ``multiprocessing`` queues, so every step is guarded); where
-    any is missing or the size is refused (a per-user pipe limit), the pipes stay as they were.
-    Returns how many pipes were widened.
-    """
-    setpipe = getattr(fcntl, "F_SETPIPE_SZ", None) if fcntl is not None else None
-    if setpipe is None:
-        return 0
-    widened = 0
-    for queue in (getattr(pool, "_call_queue", None), getattr(pool, "_result_queue", None)):
-        conn = getattr(queue, "_writer", None)
-        try:
-            if fcntl.fcntl(conn.fileno(), setpipe, size) >= size:
-                widened += 1
-        except (AttributeError, OSError, ValueError):
-            continue
-    return widened
-
-
 def _resolve(batch: list[tuple[bytes, str | None, asyncio.Future]], done: cf.Future) -> None:
     exc = done.exception()
     results = None if exc else done.result()
@@ -293,7 +252,7 @@ class ImagePipeline:
     def open_spider(self, spider=None) -> None:
         spider = spider or self.crawler.spider
         cfg = spider.config
-        self.batcher = PoolBatcher(cfg.workers or max(1, os.cpu_count() or 1), cfg.image_options())
+        self.batcher = PoolBatcher(cfg.workers, cfg.image_options())
         self.writer = PartWriter(spider.crawl_dir, cfg.part_rows)
 
     async def process_item(self, item: dict[str, Any], spider=None) -> dict[str, Any]:
@@ -306,7 +265,7 @@ class ImagePipeline:
                 if value is not None:
                     row[name] = value
         row.setdefault("fetched_at", _utcnow())
-        self.stats.inc_value(f"capcrawl/images/{row['status']}")
+        self.stats.inc_value(IMAGES + row["status"])
         self.writer.add(row)
         return {"url": row["url"], "status": row["status"]}
 
@@ -320,29 +279,3 @@ class ImagePipeline:
             self.writer.flush()
         if self.batcher is not None:
             self.batcher.close()
-
-
-def count_statuses(crawl_dir: Path) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for part in list_parts(crawl_dir):
-        for s in read_columns(part, ["status"]).column("status").to_pylist():
-            counts[s] = counts.get(s, 0) + 1
-    return dict(sorted(counts.items()))
-
-
-def write_crawl_stats(spider, finish_reason: str | None = None) -> dict[str, Any]:
-    """WORK/crawl/stats.json, recomputed from the parts and the page journal (so resumes add up)."""
-    images = count_statuses(spider.crawl_dir)
-    stats = {
-        "schema_version": SCHEMA_VERSION,
-        "mode": spider.config.mode,
-        "images": images,
-        "images_total": sum(images.values()),
-        "pages": spider.page_status_counts(),
-        "skipped": dict(sorted(spider.skipped.items())),
-        "pending": spider.pending_count(),
-        "finish_reason": finish_reason,
-        "updated_at": _utcnow().isoformat(),
-    }
-    atomic_write_bytes(json.dumps(stats, indent=2).encode() + b"\n", spider.crawl_dir / STATS_FILE)
-    return stats

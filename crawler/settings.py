@@ -1,15 +1,17 @@
 """Scrapy settings for capcrawl (``scrapy crawl images`` and ``capcrawl crawl`` both use these).
 
-capcrawl's own options live in :class:`crawler.config.CrawlConfig`; the CLI turns them
+capcrawl's own options live in :class:`crawler.config.CrawlConfig`; the spider turns them
 into the overrides returned by ``CrawlConfig.scrapy_settings()``.
 """
+
+from crawler.config import DEFAULT_USER_AGENT
 
 BOT_NAME = "capcrawl"
 SPIDER_MODULES = ["crawler.spiders"]
 NEWSPIDER_MODULE = "crawler.spiders"
 
 # A real, honest user agent; never a browser's.
-USER_AGENT = "capcrawl/0.1 (+https://github.com/capcrawl/capcrawl; image-caption dataset builder)"
+USER_AGENT = DEFAULT_USER_AGENT
 ROBOTSTXT_OBEY = True
 
 CONCURRENT_REQUESTS = 64
@@ -33,9 +35,13 @@ REMOTE_CONTROL_ENABLED = False
 # -s TWISTED_REACTOR_ENABLED=True -s DOWNLOAD_HANDLERS={}) goes back to Twisted's client.
 TWISTED_REACTOR_ENABLED = False
 DOWNLOAD_HANDLERS = {
-    "http": "crawler.aiohttp_handler.AiohttpHandler",
-    "https": "crawler.aiohttp_handler.AiohttpHandler",
+    "http": "crawler.upstream.AiohttpHandler",
+    "https": "crawler.upstream.AiohttpHandler",
 }
+# Requests with the same priority leave in the order they came (breadth first); pages are
+# prioritised by -depth, so each page is reached by its shortest path first.
+SCHEDULER_MEMORY_QUEUE = "scrapy.squeues.FifoMemoryQueue"
+SCHEDULER_DISK_QUEUE = "scrapy.squeues.PickleFifoDiskQueue"
 DEPTH_LIMIT = 0  # depth is capcrawl's own (--max-depth) so that it is counted per page
 REACTOR_THREADPOOL_MAXSIZE = 20
 # Scrapy starts CONCURRENT_ITEMS asyncio tasks for *every* callback result, even when the
@@ -67,7 +73,7 @@ DOWNLOADER_MIDDLEWARES = {
     "crawler.middlewares.PrivateAddressMiddleware": 50,
     "scrapy.downloadermiddlewares.offsite.OffsiteMiddleware": None,
     "scrapy.downloadermiddlewares.robotstxt.RobotsTxtMiddleware": None,
-    "crawler.middlewares.RobotsMiddleware": 100,
+    "crawler.upstream.RobotsMiddleware": 100,
     "scrapy.downloadermiddlewares.httpauth.HttpAuthMiddleware": None,
     "crawler.middlewares.RetryAfterMiddleware": 540,
     "scrapy.downloadermiddlewares.stats.DownloaderStats": None,
@@ -83,7 +89,7 @@ EXTENSIONS = {
     "scrapy.extensions.telnet.TelnetConsole": None,
     # The same, but it keeps the waits hosts ask for: Crawl-delay, Retry-After (crawler/middlewares.py).
     "scrapy.extensions.throttle.AutoThrottle": None,
-    "crawler.middlewares.PoliteAutoThrottle": 0,
+    "crawler.upstream.PoliteAutoThrottle": 0,
     "crawler.progress.ProgressLine": 500,
 }
 

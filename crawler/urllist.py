@@ -9,7 +9,7 @@ from typing import Iterator
 
 import pyarrow.parquet as pq
 
-from .records import ConfigError
+from common.errors import ConfigError
 
 
 def iter_url_list(path: str | Path, fmt: str, url_col: str = "url", caption_col: str | None = None) -> Iterator[tuple[str, str | None]]:

@@ -13,12 +13,10 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import multiprocessing.context
 
-# multiprocessing is imported where it is used: the commands that process no images (shards,
-# filter, remove) import this module only for IMAGE_COMMANDS.
+# multiprocessing is imported where it is used: the ``capcrawl`` entry point imports this
+# module before it knows whether the command processes images.
 
 PRELOAD = ["crawler.worker_preload"]
-#: The commands that process images, and so start the fork server.
-IMAGE_COMMANDS = ("crawl", "download", "run")
 
 #: ``gc.set_threshold`` for capcrawl's processes. A crawl allocates container objects at a
 #: high rate (Scrapy's requests, Deferreds, futures, headers and meta dicts, one set per
@@ -29,7 +27,7 @@ IMAGE_COMMANDS = ("crawl", "download", "run")
 #: of user CPU for that download against 3.43-4.01 s, and the download's wall time ~4% less;
 #: 100,000 measured the same, 5,000 half the gain (bench/README.md). Cyclic garbage is still
 #: collected, after at most 20,000 allocations instead of 700: a few MB at most. The
-#: ``capcrawl`` command sets it first thing (crawler/__main__.py), and the fork server's
+#: ``capcrawl`` command sets it first thing (capcrawl/__main__.py), and the fork server's
 #: preload sets it for the workers it forks (crawler/worker_preload.py).
 GC_THRESHOLD = (20_000, 20, 20)
 

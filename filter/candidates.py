@@ -11,7 +11,8 @@ from pathlib import PurePosixPath
 from typing import Iterable, Mapping
 from urllib.parse import unquote, urlsplit
 
-from crawler.records import CaptionSource
+from common.records import CaptionSource
+from common.text import clean_text
 from filter import columns as col
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+|\s+[|•·–—]\s+")
@@ -27,11 +28,6 @@ class Candidate:
 
     text: str
     source: CaptionSource
-
-
-def clean_text(value: str | None) -> str:
-    """Collapse whitespace; ``None`` becomes ``""``."""
-    return " ".join(value.split()) if value else ""
 
 
 def split_sentences(text: str | None) -> list[str]:

@@ -1,17 +1,17 @@
-"""The record-contract columns the filter reads and writes, checked against ``crawler.records``.
+"""The record-contract columns the filter reads and writes, checked against ``common.records``.
 
-Each name is looked up in :data:`crawler.records.SCORED_COLUMNS` at import, so a
+Each name is looked up in :data:`common.records.SCORED_COLUMNS` at import, so a
 change to the contract fails loudly here instead of silently reading nulls.
 """
 
 from __future__ import annotations
 
-from crawler.records import SCORED_COLUMNS
+from common.records import SCORED_COLUMNS
 
 
 def _column(name: str) -> str:
     if name not in SCORED_COLUMNS:
-        raise ImportError(f"column {name!r} is not in crawler.records.SCORED_SCHEMA; update filter/columns.py")
+        raise ImportError(f"column {name!r} is not in common.records.SCORED_SCHEMA; update filter/columns.py")
     return name
 
 

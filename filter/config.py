@@ -1,11 +1,14 @@
-"""The filter stage's validated configuration."""
+"""The filter stage's options (``capcrawl filter``): declared once, validated on construction."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from crawler.records import CRAWL_DIR, SCORED_DIR
+from common.errors import ConfigError
+from common.layout import crawl_dir, scored_dir
+from common.options import between, check_fields, option, optional, positive, non_negative, replace_frozen
 
 DEFAULT_MODEL = "ViT-B-32"
 DEFAULT_PRETRAINED = "laion2b_s34b_b79k"
@@ -16,27 +19,64 @@ DEFAULT_BATCH_SIZE = 256
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 GENERATE_MODES = ("auto", "yes", "no")
 
+_MODEL, _HW, _THRESH, _CAPS, _OUT = "model", "hardware", "thresholds", "candidate captions", "output and splitting"
+
 
 @dataclass(frozen=True)
 class FilterConfig:
-    """Everything :func:`filter.stage.run_filter` needs; build it with ``filter_config_from_args``."""
+    """Everything the filter stage needs; invalid values raise ConfigError when it is built."""
 
-    work: Path
-    model: str = DEFAULT_MODEL
-    pretrained: str | None = DEFAULT_PRETRAINED
-    device: str = "auto"
-    precision: str = "auto"
-    batch_size: int = DEFAULT_BATCH_SIZE
-    workers: int = 2
-    threshold: float = DEFAULT_THRESHOLD
-    fill_threshold: float | None = None  # None: same as threshold
-    label_bank: tuple[str, ...] = field(default_factory=tuple)  # phrases, already read from --label-bank
-    label_template: str = DEFAULT_LABEL_TEMPLATE
-    embeddings: bool = True
-    generate: str = "auto"  # CoCa captions: auto = on for CoCa models
-    shard_index: int = 0
-    num_shards: int = 1
-    model_cache_dir: str | None = None  # where pretrained tags are downloaded/cached
+    work: Path = option(flag="--work", help="work directory holding crawl/ (scored/ is written there)", required=True)
+    model: str = option(DEFAULT_MODEL, "--model", f"open_clip architecture name, hf-hub:ORG/NAME, or a path to a "
+                        f"model-config JSON (default {DEFAULT_MODEL})", group=_MODEL)
+    pretrained: str | None = option(DEFAULT_PRETRAINED, "--pretrained", "open_clip pretrained tag, a local checkpoint "
+                                    f"file, or 'none' for random weights (default {DEFAULT_PRETRAINED}); offline, pass "
+                                    "a checkpoint file", group=_MODEL)
+    model_cache_dir: str | None = option(None, "--model-cache-dir", "where pretrained tags are downloaded and looked up "
+                                         "(default: the Hugging Face cache)", group=_MODEL)
+    device: str = option("auto", "--device", "auto (cuda when available), cpu, or cuda[:N] (default auto)", group=_HW)
+    precision: str = option("auto", "--precision", "auto = fp16 autocast on CUDA, fp32 on CPU (default auto)",
+                            choices=PRECISIONS, group=_HW)
+    batch_size: int = option(DEFAULT_BATCH_SIZE, "--batch-size", f"images per model batch (default {DEFAULT_BATCH_SIZE})",
+                             check=positive, group=_HW)
+    workers: int = option(min(8, os.cpu_count() or 1), "--workers", "DataLoader worker processes decoding images "
+                          "(0 = in the main process)", check=non_negative, group=_HW)
+    threshold: float = option(DEFAULT_THRESHOLD, "--threshold", f"keep a row when its caption's CLIP cosine is at least "
+                              f"this (default {DEFAULT_THRESHOLD}, LAION-5B's English value for ViT-B/32; the value is "
+                              "model-specific)", check=between(-1.0, 1.0), group=_THRESH)
+    fill_threshold: float | None = option(None, "--fill-threshold", "a replacement caption must score at least this to "
+                                          "be used (default: --threshold)", check=optional(between(-1.0, 1.0)),
+                                          group=_THRESH)
+    label_bank: str | None = option(None, "--label-bank", "file of candidate phrases, one per line, tried for images "
+                                    "whose alt fails", group=_CAPS)
+    label_template: str = option(DEFAULT_LABEL_TEMPLATE, "--label-template", "how a label-bank phrase becomes a "
+                                 f"caption; {{}} is the phrase (default {DEFAULT_LABEL_TEMPLATE!r})", group=_CAPS)
+    generate: str = option("auto", "--generate", "CoCa generated captions as candidates: auto = on for CoCa models "
+                           "(needs the capcrawl[coca] extra, transformers<4.57)", choices=GENERATE_MODES, group=_CAPS)
+    embeddings: bool = option(True, "--no-embeddings", "do not write emb-NNNNN.npy image embeddings",
+                              action="store_false", group=_OUT)
+    shard_index: int = option(0, "--shard-index", "this machine's index among --num-shards; it scores parts whose "
+                              "number %% N == index", check=non_negative, group=_OUT)
+    num_shards: int = option(1, "--num-shards", "machines sharing the parts (default 1)", check=positive, group=_OUT)
+    #: The label bank's phrases, read from ``label_bank`` when the config is built.
+    label_phrases: tuple[str, ...] = field(default=(), init=False)
+
+    def __post_init__(self) -> None:
+        replace_frozen(self, work=Path(self.work))
+        check_fields(self)
+        if not 0 <= self.shard_index < self.num_shards:
+            raise ConfigError(
+                f"--shard-index {self.shard_index} must be in [0, --num-shards) with --num-shards >= 1 "
+                f"(got --num-shards {self.num_shards})."
+            )
+        if "{}" not in self.label_template:
+            raise ConfigError(f"--label-template {self.label_template!r} needs a {{}} where the phrase goes.")
+        if self.model.endswith(".json") and not Path(self.model).is_file():
+            raise ConfigError(f"--model {self.model} does not exist; pass an open_clip model name or a config JSON file.")
+        replace_frozen(self, label_phrases=read_label_bank(self.label_bank))
+        from filter.model import autocast_dtype, resolve_device  # torch is imported only when filtering
+
+        autocast_dtype(self.precision, resolve_device(self.device))
 
     @property
     def effective_fill_threshold(self) -> float:
@@ -44,8 +84,27 @@ class FilterConfig:
 
     @property
     def crawl_dir(self) -> Path:
-        return Path(self.work) / CRAWL_DIR
+        return crawl_dir(self.work)
 
     @property
     def scored_dir(self) -> Path:
-        return Path(self.work) / SCORED_DIR
+        return scored_dir(self.work)
+
+    def check_inputs(self) -> None:
+        """Raise ConfigError when there is nothing to filter (checked when the stage starts)."""
+        if not Path(self.work).is_dir():
+            raise ConfigError(f"work directory {self.work} does not exist; run capcrawl crawl first or pass the right --work.")
+
+
+def read_label_bank(path: str | None) -> tuple[str, ...]:
+    """The phrases of a label-bank file (one a line, ``#`` comments), in order, without repeats."""
+    if path is None:
+        return ()
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read --label-bank {path}; pass a UTF-8 text file with one phrase per line.") from e
+    phrases = tuple(dict.fromkeys(p.strip() for p in lines if p.strip() and not p.lstrip().startswith("#")))
+    if not phrases:
+        raise ConfigError(f"--label-bank {path} has no phrases; put one phrase per line.")
+    return phrases

@@ -1,7 +1,7 @@
 """Load an open_clip model once, and embed images and (cached) texts with it.
 
 Every way weights can be missing (no network, unknown tag, missing or corrupt
-file, missing CoCa extra) ends as one :class:`~crawler.records.ConfigError`
+file, missing CoCa extra) ends as one :class:`~common.records.ConfigError`
 sentence raised at start-up, before the stage writes anything.
 """
 
@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 import torch
 import torch.nn.functional as F
 
-from crawler.records import ConfigError
+from common.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

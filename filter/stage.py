@@ -9,10 +9,8 @@ a part as done, so runs resume and many machines can split the parts
 from __future__ import annotations
 
 import io
-import json
 import logging
 import math
-import re
 import time
 import zlib
 from collections import Counter
@@ -26,22 +24,14 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
-from crawler.records import (
-    SCHEMA_VERSION,
-    SCORED_SCHEMA,
-    STATS_FILE,
-    CaptionSource,
-    ConfigError,
-    FilterReason,
-    Status,
-    atomic_write_bytes,
-    atomic_write_parquet,
-    conform,
-    emb_name,
-    list_parts,
-)
+from common.errors import ConfigError
+from common.fileio import atomic_write_bytes, atomic_write_json, atomic_write_parquet, remove_stale_temps
+from common.layout import DONE_FILE, STATS_FILE, emb_name, list_parts, parse_part_name
+from common.options import digest
+from common.records import SCHEMA_VERSION, SCORED_SCHEMA, CaptionSource, FilterReason, Status, conform
+from common.text import clean_text
 from filter import columns as col
-from filter.candidates import Candidate, clean_text, render_labels, row_candidates
+from filter.candidates import Candidate, render_labels, row_candidates
 from filter.config import FilterConfig
 from filter.data import PartImages, make_loader
 from filter.model import LoadedModel, TextEmbeddingCache, check_generation_support, load_model
@@ -51,7 +41,6 @@ log = logging.getLogger(__name__)
 #: ``progress(part_name, rows_in_part, parts_done, parts_selected)``, called after each part.
 ProgressHook = Callable[[str, int, int, int], None]
 
-_PART_NUMBER = re.compile(r"part-(\d+)")
 _LABEL_CHUNK = 4096
 
 
@@ -87,10 +76,13 @@ def decide(
     return Decision(None, None, None, False, reason)
 
 
-def part_number(path: Path) -> int:
-    """``part-00042.parquet`` -> 42 (a stable hash for other names)."""
-    m = _PART_NUMBER.match(path.name)
-    return int(m.group(1)) if m else zlib.crc32(path.name.encode())
+def part_number(path: Path | str) -> int:
+    """``part-00042.parquet`` -> 42 (a stable hash for other names, e.g. a crawl worker's parts)."""
+    name = Path(path).name
+    parsed = parse_part_name(name)
+    if parsed is not None and parsed[0] is None:
+        return parsed[1]
+    return zlib.crc32(name.encode())
 
 
 def select_parts(parts: Sequence[Path], shard_index: int, num_shards: int) -> list[Path]:
@@ -118,7 +110,7 @@ class FilterStage:
         )
         self.generate = self._want_generation()
         self.texts = TextEmbeddingCache(self.model, batch_size=max(config.batch_size, 64))
-        self.labels = render_labels(config.label_bank, config.label_template)
+        self.labels = render_labels(config.label_phrases, config.label_template)
         self.label_emb = self.texts.embed(self.labels) if self.labels else None
         self.embed_dim = int(self.model.encode_tokens(self.model.tokenizer([""])).shape[-1])
 
@@ -261,6 +253,8 @@ class FilterStage:
         """Score this machine's unfinished parts, then rewrite ``stats.json`` from all scored parts."""
         cfg = self.config
         parts = select_parts(list_parts(cfg.crawl_dir), cfg.shard_index, cfg.num_shards)
+        mine = {p.name for p in parts} | {emb_name(p) for p in parts}
+        remove_stale_temps(cfg.scored_dir, lambda final: final in mine)  # a killed run's half-written outputs
         scored = skipped = rows = 0
         started = time.monotonic()
         for done, part in enumerate(parts, 1):
@@ -283,8 +277,23 @@ class FilterStage:
             "seconds": round(elapsed, 3),
             "texts_encoded": self.texts.encoded,
         }
-        atomic_write_bytes(json.dumps(stats, indent=2, sort_keys=True).encode(), cfg.scored_dir / STATS_FILE)
+        atomic_write_json(stats, cfg.scored_dir / STATS_FILE, sort_keys=True)
+        write_done_marker(cfg, parts)
         return stats
+
+
+def write_done_marker(config: FilterConfig, parts: list[Path]) -> None:
+    """``WORK/scored/_SUCCESS`` once every crawl part has its scored part (all machines' shares)."""
+    marker = config.scored_dir / DONE_FILE
+    every = list_parts(config.crawl_dir)
+    if all((config.scored_dir / p.name).is_file() for p in every):
+        atomic_write_json({"parts": len(every), "options": digest(config, _SCORING_OPTIONS)}, marker)
+    else:
+        marker.unlink(missing_ok=True)
+
+
+#: The options that change what the filter writes (not how fast).
+_SCORING_OPTIONS = ("model", "pretrained", "threshold", "fill_threshold", "label_bank", "label_template", "generate")
 
 
 def _scored_table(ok: pa.Table, scores: _PartScores, decisions: list[Decision]) -> pa.Table:
@@ -327,10 +336,11 @@ def collect_stats(config: FilterConfig) -> dict:
         "pretrained": config.pretrained,
         "threshold": config.threshold,
         "fill_threshold": config.effective_fill_threshold,
-        "label_bank_size": len(config.label_bank),
+        "label_bank_size": len(config.label_phrases),
     }
 
 
 def run_filter(config: FilterConfig, progress: ProgressHook | None = None) -> dict:
     """The filter stage's one entry point: load the model, score unfinished parts, return the stats."""
+    config.check_inputs()
     return FilterStage(config).run(progress)

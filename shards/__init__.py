@@ -1,26 +1,24 @@
-"""Shards stage: deduplicate scored (or crawled) records and write WebDataset shards.
+"""The shards stage: deduplicate scored (or crawled) records and write WebDataset shards.
 
-Entry points (imported lazily so that ``import shards`` stays cheap):
-:func:`run_shards` (``capcrawl shards``) and :func:`run_remove` (``capcrawl remove``).
+Entry points: :func:`run` (``capcrawl shards``) and :func:`remove` (``capcrawl remove``).
+Options: :class:`shards.config.ShardsConfig`, :class:`shards.config.RemoveConfig`. The stage
+reads files and never loads a model.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["run_shards", "run_remove", "ShardsConfig", "RemoveConfig"]
 
-_EXPORTS = {
-    "run_shards": "shards.run",
-    "run_remove": "shards.remove",
-    "ShardsConfig": "shards.config",
-    "RemoveConfig": "shards.config",
-}
+def run(config: "ShardsConfig") -> dict[str, Any]:  # noqa: F821
+    """Dedup and write new shards into OUT; return the manifest (see :func:`shards.run.run_shards`)."""
+    from .run import run_shards
+
+    return run_shards(config)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        import importlib
+def remove(config: "RemoveConfig") -> dict[str, Any]:  # noqa: F821
+    """Apply a takedown file to OUT; return the manifest (see :func:`shards.remove.run_remove`)."""
+    from .remove import run_remove
 
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'shards' has no attribute {name!r}")
+    return run_remove(config)

@@ -22,9 +22,11 @@ from urllib.parse import urlsplit
 import numpy as np
 import pyarrow as pa
 
-from crawler.records import ConfigError, ValueEnum, atomic_write_bytes
+from common.errors import ConfigError
+from common.fileio import atomic_write_bytes
+from common.phash import hamming, hex_to_uint64, phash_of_file
+from common.records import ValueEnum
 from shards.near_index import near_pairs_between
-from shards.phash import hamming, hex_to_uint64, phash_of_file
 
 BLOCKLIST_FILE = "blocklist.jsonl"
 URL_COLUMNS = ("url", "final_url", "page_url")

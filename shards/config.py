@@ -1,12 +1,14 @@
-"""Options of ``capcrawl shards`` and ``capcrawl remove``, validated once at start-up."""
+"""Options of ``capcrawl shards`` and ``capcrawl remove``: declared once, validated on construction."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from crawler.records import CRAWL_DIR, SCORED_DIR, ConfigError, emb_name, list_parts
+from common.errors import ConfigError
+from common.layout import CRAWL_DIR, SCORED_DIR, emb_name, list_parts
+from common.options import check_fields, describe, option, optional, positive, replace_frozen
 from shards.near_index import MAX_DISTANCE, validate_distance
 from shards.semantic import validate_threshold
 from shards.writer import MAX_SAMPLES_PER_SHARD
@@ -15,11 +17,25 @@ DEFAULT_SAMPLES_PER_SHARD = MAX_SAMPLES_PER_SHARD
 DEFAULT_NEAR_DUP_DISTANCE = 4
 
 
-def _check_distance(distance: int) -> None:
+def _distance(value: Any) -> str | None:
     try:
-        validate_distance(distance)
-    except ValueError as e:
-        raise ConfigError(f"--near-dup-distance must be an integer from 0 to {MAX_DISTANCE} (pHash bits), got {distance!r}.") from e
+        validate_distance(value)
+    except ValueError:
+        return f"must be an integer from 0 to {MAX_DISTANCE} (pHash bits)"
+    return None
+
+
+def _samples_per_shard(value: Any) -> str | None:
+    ok = isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_SAMPLES_PER_SHARD
+    return None if ok else f"must be an integer from 1 to {MAX_SAMPLES_PER_SHARD} (keys hold the index in 4 digits)"
+
+
+def _cosine(value: Any) -> str | None:
+    try:
+        validate_threshold(value)
+    except (TypeError, ValueError):
+        return "must be a cosine similarity in (0, 1], such as 0.95"
+    return None
 
 
 def _check_out(out: Path) -> None:
@@ -27,79 +43,68 @@ def _check_out(out: Path) -> None:
         raise ConfigError(f"The output {out} exists and is not a directory; pass a directory for OUT.")
 
 
+_DISTANCE_HELP = f"pHash Hamming distance at or under which two images are near duplicates (0..{MAX_DISTANCE}, default %(default)s)"
+
+
 @dataclass(frozen=True)
 class ShardsConfig:
-    """What ``run_shards`` needs; build it with :func:`shards.cli.shards_config_from_args` or directly."""
+    """What the shards stage needs; invalid values raise ConfigError when it is built."""
 
-    work: Path
-    out: Path
-    samples_per_shard: int = DEFAULT_SAMPLES_PER_SHARD
-    near_dup_distance: int = DEFAULT_NEAR_DUP_DISTANCE
-    semantic_dedup: float | None = None
-    no_filter: bool = False
-    max_shard_bytes: int | None = None  # optional size-based rollover (API only)
+    work: Path = option(flag="--work", help="work directory holding scored/ (or crawl/ with --no-filter)", required=True)
+    out: Path = option(flag="--out", help="output directory of the shards", required=True)
+    samples_per_shard: int = option(DEFAULT_SAMPLES_PER_SHARD, "--samples-per-shard", "samples per tar shard, at most "
+                                    "10000 (default %(default)s)", check=_samples_per_shard, metavar="N")
+    near_dup_distance: int = option(DEFAULT_NEAR_DUP_DISTANCE, "--near-dup-distance", _DISTANCE_HELP, check=_distance,
+                                    metavar="BITS")
+    semantic_dedup: float | None = option(None, "--semantic-dedup", "also drop images whose embedding cosine similarity "
+                                          "to a kept one is >= T (e.g. 0.95); needs the filter's embeddings",
+                                          check=optional(_cosine), metavar="T")
+    no_filter: bool = option(False, "--no-filter", "shard the crawl parts directly (trusted URL-list captions: alt, "
+                             "else caption_in), skipping the CLIP filter", action="store_true")
+    max_shard_bytes: int | None = option(None, hidden=True, help="size-based rollover (API only)", check=optional(positive))
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "work", Path(self.work))
-        object.__setattr__(self, "out", Path(self.out))
+        replace_frozen(self, work=Path(self.work), out=Path(self.out))
+        check_fields(self)
+        if self.semantic_dedup is not None and self.no_filter:
+            raise ConfigError("--semantic-dedup needs the filter's image embeddings; drop --no-filter or --semantic-dedup.")
+        _check_out(self.out)
 
     @property
     def input_dir(self) -> Path:
         return self.work / (CRAWL_DIR if self.no_filter else SCORED_DIR)
 
-    def validate(self, require_inputs: bool = True) -> "ShardsConfig":
-        """Raise ConfigError with one actionable sentence if anything is off; return self.
-
-        ``require_inputs=False`` checks the options only (``capcrawl run`` validates before
-        the earlier stages have written anything).
-        """
-        if isinstance(self.samples_per_shard, bool) or not isinstance(self.samples_per_shard, int) or not 1 <= self.samples_per_shard <= MAX_SAMPLES_PER_SHARD:
-            raise ConfigError(
-                f"--samples-per-shard must be an integer from 1 to {MAX_SAMPLES_PER_SHARD} (keys hold the index in 4 digits), got {self.samples_per_shard!r}."
-            )
-        _check_distance(self.near_dup_distance)
-        if self.max_shard_bytes is not None and self.max_shard_bytes <= 0:
-            raise ConfigError(f"max_shard_bytes must be positive, got {self.max_shard_bytes}.")
-        if self.semantic_dedup is not None:
-            self._check_semantic()
-        _check_out(self.out)
-        if require_inputs and not list_parts(self.input_dir):
+    def check_inputs(self) -> None:
+        """Raise ConfigError when the input parts are missing (checked when the stage starts)."""
+        if not list_parts(self.input_dir):
             hint = "run `capcrawl crawl` first" if self.no_filter else "run `capcrawl filter` first, or pass --no-filter to shard crawl parts directly"
             raise ConfigError(f"No parts found in {self.input_dir}; {hint}.")
-        return self
-
-    def _check_semantic(self) -> None:
-        try:
-            validate_threshold(self.semantic_dedup)  # type: ignore[arg-type]
-        except (TypeError, ValueError) as e:
-            raise ConfigError(f"--semantic-dedup must be a cosine similarity in (0, 1], such as 0.95, got {self.semantic_dedup!r}.") from e
-        if self.no_filter:
-            raise ConfigError("--semantic-dedup needs the filter's image embeddings; drop --no-filter or --semantic-dedup.")
-        missing = [p.name for p in list_parts(self.input_dir) if not (p.parent / emb_name(p)).is_file()]
-        if missing:
-            raise ConfigError(
-                f"--semantic-dedup needs image embeddings but {missing[0]} has no {emb_name(missing[0])}; re-run the filter without --no-embeddings or drop --semantic-dedup."
-            )
+        if self.semantic_dedup is not None:
+            missing = [p.name for p in list_parts(self.input_dir) if not (p.parent / emb_name(p)).is_file()]
+            if missing:
+                raise ConfigError(
+                    f"--semantic-dedup needs image embeddings but {missing[0]} has no {emb_name(missing[0])}; re-run the "
+                    "filter without --no-embeddings or drop --semantic-dedup."
+                )
 
     def options(self) -> dict[str, Any]:
         """The options as JSON-ready values, for the manifest."""
-        return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
+        return describe(self)
 
 
 @dataclass(frozen=True)
 class RemoveConfig:
-    """What ``run_remove`` needs."""
+    """What ``capcrawl remove`` needs."""
 
-    out: Path
-    takedown: Path
-    near_dup_distance: int = DEFAULT_NEAR_DUP_DISTANCE
+    out: Path = option(flag="", help="the OUT of an earlier `capcrawl shards`", metavar="OUT")
+    takedown: Path = option(flag="--takedown", help="file with one entry per line: image or page URL, domain:HOST, "
+                            "sha256:HEX, phash:HEX or a local image path", metavar="FILE", required=True)
+    near_dup_distance: int = option(DEFAULT_NEAR_DUP_DISTANCE, "--near-dup-distance", _DISTANCE_HELP, check=_distance,
+                                    metavar="BITS")
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "out", Path(self.out))
-        object.__setattr__(self, "takedown", Path(self.takedown))
-
-    def validate(self) -> "RemoveConfig":
-        _check_distance(self.near_dup_distance)
+        replace_frozen(self, out=Path(self.out), takedown=Path(self.takedown))
+        check_fields(self)
         if not self.out.is_dir():
             raise ConfigError(f"The output directory {self.out} does not exist; pass the OUT of an earlier `capcrawl shards`.")
         if not self.takedown.is_file():
@@ -107,4 +112,3 @@ class RemoveConfig:
         from shards.blocklist import parse_takedown  # validates every line
 
         parse_takedown(self.takedown, self.near_dup_distance)
-        return self

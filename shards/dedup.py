@@ -24,9 +24,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from crawler.records import DropReason
+from common.phash import hamming
+from common.records import DropReason
 from shards.near_index import near_pairs
-from shards.phash import hamming
 from shards.semantic import cosine_pairs, normalize
 
 KEPT = -1

@@ -18,16 +18,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from crawler.records import (
-    CRAWL_SCHEMA,
-    SCORED_SCHEMA,
-    CaptionSource,
-    ConfigError,
-    Status,
-    conform,
-    emb_name,
-    list_parts,
-)
+from common.errors import ConfigError
+from common.layout import emb_name, list_parts
+from common.records import CRAWL_SCHEMA, SCORED_SCHEMA, CaptionSource, Status, conform
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +39,12 @@ class Candidates:
     input_rows: int = 0
     status: dict[str, int] = field(default_factory=dict)  # every input row by status
     not_kept: dict[str, int] = field(default_factory=dict)  # ok rows the filter rejected, by filter_reason
+
+    def subset(self, keep: np.ndarray) -> "Candidates":
+        """The candidates where ``keep`` is true (the input counts stay those of the whole input)."""
+        rows = pa.array(np.flatnonzero(keep))
+        emb = None if self.embeddings is None else self.embeddings[keep]
+        return Candidates(self.parts, self.meta.take(rows), emb, self.input_rows, self.status, self.not_kept)
 
     @property
     def has_caption(self) -> np.ndarray:

@@ -1,14 +1,23 @@
-"""OUT/manifest.json: what OUT holds and how it got there (every shards run and removal)."""
+"""OUT/manifest.json: what OUT holds and how it got there (every shards run and removal).
+
+``totals`` describe the dataset as it is, however many runs (killed ones included) it took:
+samples from the shards' stats, drops from the dedup logs (each input record is decided
+once, see :mod:`shards.ledger`), removals from the removal log, and the input counts from
+the latest run over each input directory.
+"""
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from crawler.records import SCHEMA_VERSION
-from shards.outdir import MANIFEST_FILE, list_shards, read_json, stats_path, tar_path, write_json
+import pyarrow.parquet as pq
+
+from common.records import SCHEMA_VERSION
+from shards.outdir import DEDUP_LOG_DIR, MANIFEST_FILE, REMOVALS_FILE, list_shards, read_json, stats_path, tar_path, write_json
 
 
 def capcrawl_version() -> str:
@@ -33,6 +42,7 @@ def shard_entries(out: Path) -> list[dict[str, Any]]:
                 "samples": stats.get("samples"),
                 "bytes": tar_path(out, name).stat().st_size,
                 "removed": stats.get("removed", {}),
+                "face_count": stats.get("face_count", 0),
             }
         )
     return entries
@@ -45,27 +55,65 @@ def _sum(dicts: list[dict[str, int]]) -> dict[str, int]:
     return dict(sorted(total.items()))
 
 
-def update_manifest(out: Path, *, run: dict[str, Any] | None = None, removal: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Append a run or removal to the manifest, refresh shards and totals, write it atomically."""
+def dropped_by_reason(out: Path) -> dict[str, int]:
+    """Drops by reason over every dedup log in OUT."""
+    counts: Counter[str] = Counter()
+    for path in sorted((out / DEDUP_LOG_DIR).glob("run-*.parquet")):
+        counts.update(pq.read_table(path, columns=["reason"]).column("reason").to_pylist())
+    return dict(sorted(counts.items()))
+
+
+def removed_by_reason(out: Path) -> dict[str, int]:
+    counts: Counter[str] = Counter()
+    path = out / REMOVALS_FILE
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                counts[json.loads(line).get("reason", "blocklisted")] += 1
+            except ValueError:
+                continue
+    return dict(sorted(counts.items()))
+
+
+def latest_inputs(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per input directory, the input counts of the latest run over it."""
+    inputs: dict[str, dict[str, Any]] = {}
+    for r in runs:
+        shards = r["stages"]["shards"]
+        key = r.get("input_dir") or str(r.get("options", {}).get("work"))
+        inputs[key] = {k: shards.get(k) for k in ("input_rows", "status", "not_kept")}
+    return inputs
+
+
+def update_manifest(out: Path, *, run: dict[str, Any] | None = None, removal: dict[str, Any] | None = None,
+                    extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Append a run or removal to the manifest, recompute the totals from OUT, write it atomically."""
     old = read_json(out / MANIFEST_FILE, {}) or {}
     runs = old.get("runs", []) + ([run] if run else [])
     removals = old.get("removals", []) + ([removal] if removal else [])
     shards = shard_entries(out)
-    shard_stats = [r["stages"]["shards"] for r in runs]
+    inputs = latest_inputs(runs)
+    removed = removed_by_reason(out)
+    samples = sum(s["samples"] or 0 for s in shards)
     manifest = {
         "capcrawl_version": capcrawl_version(),
         "schema_version": SCHEMA_VERSION,
         "updated_at": datetime.now(timezone.utc).isoformat(),
         "totals": {
-            "samples": sum(s["samples"] or 0 for s in shards),
+            "samples": samples,
             "shards": len(shards),
-            "input_rows": sum(s["input_rows"] for s in shard_stats),
-            "written": sum(s["written"] for s in shard_stats),
-            "not_kept": _sum([s["not_kept"] for s in shard_stats]),
-            "dropped": _sum([s["dropped"] for s in shard_stats]),
-            "removed": _sum([r["removed"] for r in removals]),
+            "written": samples + sum(removed.values()),
+            "input_rows": sum(i["input_rows"] or 0 for i in inputs.values()),
+            "status": _sum([i["status"] for i in inputs.values()]),
+            "not_kept": _sum([i["not_kept"] for i in inputs.values()]),
+            "dropped": dropped_by_reason(out),
+            "removed": removed,
+            "face_count": sum(s.get("face_count", 0) or 0 for s in shards),
         },
         "stages": runs[-1]["stages"] if runs else {},
+        **{k: v for k, v in old.items() if k not in ("capcrawl_version", "schema_version", "updated_at", "totals", "stages",
+                                                     "shards", "runs", "removals")},
+        **(extra or {}),
         "shards": shards,
         "runs": runs,
         "removals": removals,

@@ -16,7 +16,7 @@ cluster of ``L`` mutually close hashes yields ``L*(L-1)/2`` pairs: callers shoul
 collapse identical hashes first (see :func:`shards.dedup`).
 
 This module knows nothing of images: the hash function lives in
-:mod:`shards.phash`, the choice of survivors in :mod:`shards.dedup`.
+:mod:`common.phash`, the choice of survivors in :mod:`shards.dedup`.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from itertools import combinations
 
 import numpy as np
 
-from shards.phash import PHASH_BITS, hamming
+from common.phash import PHASH_BITS, hamming
 
 MAX_DISTANCE = 16
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)  # odd multiplier for multiplicative hashing

@@ -1,7 +1,7 @@
 """The layout of an output directory and the files every command shares in it.
 
     OUT/00000.tar  00000.parquet  00000_stats.json     one shard (the .tar is renamed last)
-    OUT/index/00000.parquet  00000.npy                 dedup index of that shard (key, url, sha256, phash; embeddings)
+    OUT/index/00000.parquet  00000.npy                 dedup index of that shard (key, url, sha256, phash, fetched_at; embeddings)
     OUT/dedup_log/run-00000.parquet                    every sample a shards run dropped, why, and what it duplicates
     OUT/blocklist.jsonl  OUT/removals.jsonl            takedowns (see shards.blocklist, shards.remove)
     OUT/manifest.json                                  run-level sums
@@ -27,7 +27,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from crawler.records import ConfigError, atomic_write_bytes, atomic_write_parquet
+from common.errors import ConfigError
+from common.fileio import atomic_write_bytes, atomic_write_json, atomic_write_parquet
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,7 @@ DEDUP_LOG_DIR = "dedup_log"
 MANIFEST_FILE = "manifest.json"
 REMOVALS_FILE = "removals.jsonl"
 LOCK_FILE = ".capcrawl.lock"
-INDEX_COLUMNS = ("key", "url", "sha256", "phash")
+INDEX_COLUMNS = ("key", "url", "sha256", "phash", "fetched_at")
 _SHARD_TAR = re.compile(r"^(\d{5,})\.tar$")
 _SHARD_SIBLING = re.compile(r"^(\d{5,})(\.parquet|_stats\.json|\.npy)$")
 
@@ -118,7 +119,7 @@ def read_json(path: Path, default: Any = None) -> Any:
 
 
 def write_json(path: Path, obj: Any) -> Path:
-    return atomic_write_bytes(json.dumps(obj, indent=2, ensure_ascii=False, sort_keys=False).encode("utf-8") + b"\n", path)
+    return atomic_write_json(obj, path)
 
 
 def append_jsonl(path: Path, records: list[dict]) -> None:
@@ -143,10 +144,10 @@ def write_index(out: Path, name: str, samples: pa.Table, embeddings: np.ndarray 
 def read_index(out: Path, name: str, with_embeddings: bool) -> tuple[pa.Table, np.ndarray | None]:
     """The index of one shard, rebuilt from its parquet if the index file is missing."""
     path = index_path(out, name)
-    if path.is_file():
+    if path.is_file() and set(INDEX_COLUMNS) <= set(pq.read_schema(path).names):
         table = pq.read_table(path, columns=list(INDEX_COLUMNS))
     else:
-        log.warning("index of shard %s missing; rebuilding it from %s", name, parquet_path(out, name).name)
+        log.warning("index of shard %s missing or old; rebuilding it from %s", name, parquet_path(out, name).name)
         table = pq.read_table(parquet_path(out, name), columns=list(INDEX_COLUMNS))
         write_index(out, name, table, None)
     emb = None

@@ -2,14 +2,16 @@
 
 Order of work, so that a crash at any point is repaired by running the command again:
 1. the entries join OUT/blocklist.jsonl (every later ``shards`` run applies it);
-2. each shard with a matching row is rewritten: new tar first, then parquet,
-   stats and index (matching reads the parquet, so a rerun finds what is left);
+2. for each shard with a matching row, the removed samples join OUT/removals.jsonl (once:
+   a rerun does not log them again), then the shard is rewritten: new tar first, then
+   parquet, stats and index (matching reads the parquet, so a rerun finds what is left);
    other samples keep their keys;
-3. OUT/removals.jsonl and the manifest are appended to.
+3. the manifest is updated.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import tarfile
 from collections import Counter
@@ -21,7 +23,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from crawler.records import DropReason, atomic_write_parquet
+from common.fileio import atomic_write_parquet, publish
+from common.records import DropReason
 from shards.blocklist import Blocklist, parse_takedown
 from shards.config import RemoveConfig
 from shards.manifest import update_manifest
@@ -57,7 +60,7 @@ def rewrite_tar(out: Path, name: str, drop_keys: set[str]) -> None:
             for member in old:
                 if member.isfile() and _member_key(member.name) not in drop_keys:
                     add_member(new, member.name, old.extractfile(member).read())
-        tmp.replace(final)
+        publish(tmp, final)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -80,16 +83,29 @@ def rewrite_shard(out: Path, name: str, samples: pa.Table, drop: np.ndarray) -> 
 
 def _log_records(samples: pa.Table, matches: list[str | None], blocklist: Blocklist, now: str) -> list[dict[str, Any]]:
     kinds = {e.entry: e.kind.value for e in blocklist.entries}
+    columns = [samples.column(c).to_pylist() for c in ("key", "url", "sha256", "fetched_at")]
     return [
-        {"key": key, "url": url, "entry": m, "kind": kinds.get(m), "reason": DropReason.BLOCKLISTED.value, "removed_at": now}
-        for key, url, m in zip(samples.column("key").to_pylist(), samples.column("url").to_pylist(), matches)
+        {"key": key, "url": url, "sha256": sha, "fetched_at": at.isoformat() if at else None, "entry": m,
+         "kind": kinds.get(m), "reason": DropReason.BLOCKLISTED.value, "removed_at": now}
+        for key, url, sha, at, m in zip(*columns, matches)
         if m is not None
     ]
 
 
+def _logged_keys(out: Path) -> set[str]:
+    path = out / REMOVALS_FILE
+    keys = set()
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                keys.add(json.loads(line)["key"])
+            except (ValueError, KeyError):
+                continue
+    return keys
+
+
 def run_remove(config: RemoveConfig) -> dict[str, Any]:
     """Apply a takedown file to OUT; return the updated manifest."""
-    config.validate()
     out = config.out
     entries = parse_takedown(config.takedown, config.near_dup_distance)
     with locked(out):
@@ -99,18 +115,24 @@ def run_remove(config: RemoveConfig) -> dict[str, Any]:
         now = datetime.now(timezone.utc).isoformat()
         log_records: list[dict[str, Any]] = []
         rewritten = []
+        logged = _logged_keys(out)
         for name in list_shards(out):
             samples = pq.read_table(parquet_path(out, name))
             matches = blocklist.match(samples)
             drop = np.array([m is not None for m in matches], dtype=bool)
             if not drop.any():
                 continue
+            records = _log_records(samples, matches, blocklist, now)
+            # logged before the shard is rewritten: a crash in between is repaired by a rerun,
+            # which finds the samples still there and does not log them twice
+            new = [r for r in records if r["key"] not in logged]
+            if new:
+                append_jsonl(out / REMOVALS_FILE, new)
+                logged.update(r["key"] for r in new)
             rewrite_shard(out, name, samples, drop)
             rewritten.append(name)
-            log_records.extend(_log_records(samples, matches, blocklist, now))
+            log_records.extend(records)
             log.info("shard %s: removed %d sample(s)", name, int(drop.sum()))
-        if log_records:
-            append_jsonl(out / REMOVALS_FILE, log_records)
         removal = {
             "command": "remove",
             "at": now,

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -16,14 +16,17 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from crawler.records import CRAWL_DIR, SCORED_DIR, STATS_FILE, DropReason, atomic_write_parquet
+from common.fileio import atomic_write_parquet
+from common.layout import CRAWL_DIR, SCORED_DIR, STATS_FILE
+from common.records import DropReason
 from shards.blocklist import Blocklist
 from shards.config import ShardsConfig
 from shards.dedup import KEPT, HashSet, Verdicts, deduplicate, priority_rank
 from shards.inputs import PART_COLUMN, ROW_COLUMN, Candidates, embedding_dim, iter_rows, load_candidates
 from shards.manifest import update_manifest
-from shards.outdir import DEDUP_LOG_DIR, clean_incomplete, list_shards, locked, next_shard_number, read_index, read_json
-from shards.phash import hex_to_uint64
+from shards.ledger import Ledger, dropped_records, ledger_of, record_ids, removed_records
+from shards.outdir import DEDUP_LOG_DIR, REMOVALS_FILE, clean_incomplete, list_shards, locked, next_shard_number, read_index, read_json
+from common.phash import hex_to_uint64
 from shards.writer import ShardWriter
 
 log = logging.getLogger(__name__)
@@ -31,11 +34,12 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Existing:
-    """Samples already in OUT: their keys and urls, and the fields dedup compares."""
+    """Samples already in OUT: their keys and urls, the fields dedup compares, and their records."""
 
     keys: list[str]
     urls: list[str]
     hashes: HashSet
+    published: Ledger = field(default_factory=Ledger.empty)
 
 
 def load_existing(out: Path, with_embeddings: bool) -> Existing:
@@ -50,7 +54,26 @@ def load_existing(out: Path, with_embeddings: bool) -> Existing:
     index = pa.concat_tables(tables)
     phash, valid = hex_to_uint64(index.column("phash").to_pylist())
     emb = _stack_index_embeddings(embs, [t.num_rows for t in tables]) if with_embeddings else None
-    return Existing(index.column("key").to_pylist(), index.column("url").to_pylist(), HashSet(index.column("sha256").to_pylist(), phash, valid, emb))
+    hashes = HashSet(index.column("sha256").to_pylist(), phash, valid, emb)
+    return Existing(index.column("key").to_pylist(), index.column("url").to_pylist(), hashes, ledger_of(index))
+
+
+def skip_decided(cands: Candidates, existing: Existing, out: Path) -> tuple[Candidates, int, int]:
+    """The candidates OUT has not decided on yet, and how many were already published / decided.
+
+    A record published by an earlier (possibly killed) run, or dropped or taken down before,
+    is not a candidate again: it is neither written twice nor counted as a duplicate of itself.
+    """
+    if not cands.meta.num_rows:
+        return cands, 0, 0
+    ids = record_ids(cands.meta)
+    urls = cands.meta.column("url").to_pylist()
+    published = existing.published.contains(ids, urls)
+    decided = ledger_of(dropped_records(out, DEDUP_LOG_DIR), removed_records(out / REMOVALS_FILE)).contains(ids, urls)
+    decided &= ~published
+    if not (published.any() or decided.any()):
+        return cands, 0, 0
+    return cands.subset(~(published | decided)), int(published.sum()), int(decided.sum())
 
 
 def _stack_index_embeddings(embs: list[np.ndarray | None], sizes: list[int]) -> np.ndarray | None:
@@ -145,6 +168,7 @@ def write_dedup_log(out: Path, run: int, cands: Candidates, verdicts: Verdicts, 
         {
             "url": meta.column("url"),
             "sha256": meta.column("sha256"),
+            "fetched_at": meta.column("fetched_at"),
             "phash": meta.column("phash"),
             "reason": pa.array([verdicts.reason[i] for i in dropped], pa.string()),
             "duplicate_of_key": pa.array([t[0] for t in targets], pa.string()),
@@ -163,15 +187,22 @@ def _stage_stats(config: ShardsConfig) -> dict[str, Any]:
     return {"crawl": crawl, "filter": filt}
 
 
+def next_log_number(out: Path) -> int:
+    """The number of this run's dedup log: one past the highest in OUT (a killed run's log is kept)."""
+    numbers = [int(p.stem.split("-")[1]) for p in (out / DEDUP_LOG_DIR).glob("run-*.parquet") if p.stem.split("-")[1].isdigit()]
+    return max(numbers, default=-1) + 1
+
+
 def run_shards(config: ShardsConfig) -> dict[str, Any]:
     """Dedup and write new shards into ``config.out``; return the updated manifest."""
-    config.validate()
+    config.check_inputs()
     started = datetime.now(timezone.utc)
     clock = time.perf_counter()
     with locked(config.out):
         clean_incomplete(config.out)
         cands = load_candidates(config.input_dir, config.no_filter, config.semantic_dedup is not None)
         existing = load_existing(config.out, config.semantic_dedup is not None)
+        cands, already_published, already_decided = skip_decided(cands, existing, config.out)
         verdicts = decide(cands, existing, Blocklist.load(config.out), config)
         uncaptioned = int((~cands.has_caption).sum())
         if uncaptioned:
@@ -181,22 +212,24 @@ def run_shards(config: ShardsConfig) -> dict[str, Any]:
                 if config.no_filter else "the filter found no caption for them",
             )
         keys, writer, no_image = write_samples(config, cands, verdicts)
-        previous = read_json(config.out / "manifest.json", {}) or {}
-        run_number = len(previous.get("runs", []))
-        log_path = write_dedup_log(config.out, run_number, cands, verdicts, keys, existing)
+        log_path = write_dedup_log(config.out, next_log_number(config.out), cands, verdicts, keys, existing)
         written = sum(s.samples for s in writer.written)
+        previous = read_json(config.out / "manifest.json", {}) or {}
         run = {
-            "run": run_number,
+            "run": len(previous.get("runs", [])),
             "command": "shards",
             "started_at": started.isoformat(),
             "seconds": round(time.perf_counter() - clock, 3),
             "options": config.options(),
+            "input_dir": str(config.input_dir.resolve()),
             "stages": {
                 **_stage_stats(config),
                 "shards": {
                     "input_rows": cands.input_rows,
                     "status": cands.status,
                     "not_kept": cands.not_kept,
+                    "already_published": already_published,
+                    "already_decided": already_decided,
                     "candidates": cands.meta.num_rows,
                     "existing_samples": len(existing.keys),
                     "dropped": dict(sorted(Counter(r for r in verdicts.reason if r is not None).items())),

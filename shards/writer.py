@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import date, datetime
@@ -24,7 +22,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from crawler.records import SAMPLE_SCHEMA, atomic_write_parquet, table_from_rows
+from common.fileio import atomic_write_parquet, publish, temp_path
+from common.records import SAMPLE_SCHEMA, table_from_rows
 from shards.outdir import parquet_path, shard_name, stats_path, tar_path, write_index, write_json
 
 log = logging.getLogger(__name__)
@@ -122,9 +121,8 @@ def add_member(tar: TarStream, name: str, data: bytes) -> int:
 
 def open_tar(final: Path) -> tuple[Path, TarStream]:
     """A tar open for writing under a temporary name beside ``final``."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
-    os.close(fd)
-    return Path(tmp), TarStream(Path(tmp))
+    tmp = temp_path(final)
+    return tmp, TarStream(tmp)
 
 
 def shard_stats(name: str, samples: pa.Table, removed: dict[str, int] | None = None) -> dict[str, Any]:
@@ -147,7 +145,7 @@ def finish_shard(out: Path, name: str, tar_tmp: Path, samples: pa.Table, embeddi
     write_index(out, name, samples, embeddings)
     write_json(stats_path(out, name), shard_stats(name, samples, removed))
     atomic_write_parquet(samples, parquet_path(out, name))
-    os.replace(tar_tmp, tar_path(out, name))
+    publish(tar_tmp, tar_path(out, name))
 
 
 @dataclass

@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from crawler.records import CRAWL_SCHEMA, Status, list_parts
+from common.layout import list_parts
+from common.records import CRAWL_SCHEMA, Status
 
 from .conftest import ROOT, by_url, crawl_rows, jpeg, png, run_cli
 
@@ -118,7 +119,7 @@ def build_site(a, b) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def crawled(tmp_path_factory):
-    from crawler.localsite import LocalSite
+    from capcrawl.localsite import LocalSite
 
     work = tmp_path_factory.mktemp("crawl")
     with LocalSite("127.0.0.1") as a, LocalSite("127.0.0.2") as b:
@@ -283,12 +284,31 @@ def test_private_addresses_refused_by_default(tmp_path, site):
     assert "no image was fetched" in proc.stdout
 
 
-def test_private_redirect_target_refused(tmp_path):
-    """A public-looking start that redirects into loopback is refused after the redirect."""
-    from crawler.middlewares import is_public_ip
+def test_private_addresses_are_classified():
+    from crawler.middlewares import address_allowed, is_public_ip, parse_networks
 
     assert not is_public_ip("127.0.0.1") and not is_public_ip("10.1.2.3") and not is_public_ip("169.254.1.1")
     assert not is_public_ip("::1") and not is_public_ip("::ffff:192.168.0.1") and is_public_ip("93.184.216.34")
+    allowed = parse_networks(["10.1.0.0/16", "127.0.0.1"])
+    assert address_allowed("10.1.2.3", allowed) and address_allowed("127.0.0.1", allowed)
+    assert not address_allowed("10.2.0.1", allowed) and not address_allowed("127.0.0.2", allowed)
+
+
+def test_private_redirect_target_refused(tmp_path, site, other_site):
+    """A start that is allowed (--allow-address) and redirects to a private address that is not
+    is refused after the redirect: the redirect target is never contacted."""
+    site.add("/", page('<img src="/jump.jpg" alt="jump"><img src="/fine.jpg" alt="fine">'))
+    site.add("/fine.jpg", jpeg(), content_type=IMG)
+    site.add("/jump.jpg", redirect_to=other_site.url("/secret.jpg"))
+    other_site.add("/secret.jpg", jpeg("black"), content_type=IMG)
+    run_cli("crawl", site.url("/"), "--work", str(tmp_path), "--allow-address", "127.0.0.1", check=True)
+    rows = by_url(crawl_rows(tmp_path))
+    assert rows[site.url("/fine.jpg")]["status"] == "ok"
+    jumped = rows[site.url("/jump.jpg")]
+    assert jumped["status"] == "private_address" and "127.0.0.2" in jumped["error"]
+    assert site.requested("/jump.jpg") == 1 and other_site.log == [], "the private redirect target was contacted"
+    stats = json.loads((tmp_path / "crawl" / "stats.json").read_text())
+    assert stats["events"]["private_address_refused"] == 1, "Scrapy-side counters reach stats.json"
 
 
 def _resume_site(site, pages: int = 40, per_page: int = 5) -> set[str]:
@@ -307,7 +327,7 @@ def test_interrupt_then_kill_then_resume_records_each_image_once(tmp_path, site)
     expected = _resume_site(site)
     args = ["crawl", site.url("/p/0.html"), "--work", str(tmp_path), "--allow-private-addresses", "--max-depth", "100",
             "--concurrency", "2", "--per-host-concurrency", "2", "--part-rows", "5", "--no-autothrottle"]
-    proc = subprocess.Popen([sys.executable, "-m", "crawler", "-q", *args], cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, "-m", "capcrawl", "-q", *args], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
     while len(list_parts(tmp_path / "crawl")) < 3 and time.monotonic() < deadline:
@@ -467,7 +487,7 @@ def test_progress_line_on_a_terminal(tmp_path, site):
     site.add("/a.jpg", jpeg(), content_type=IMG)
     master, slave = pty.openpty()
     proc = subprocess.run(
-        [sys.executable, "-m", "crawler", "crawl", site.url("/"), "--work", str(tmp_path), "--allow-private-addresses"],
+        [sys.executable, "-m", "capcrawl", "crawl", site.url("/"), "--work", str(tmp_path), "--allow-private-addresses"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=slave, text=True, timeout=120,
     )
     os.close(slave)
@@ -489,7 +509,7 @@ def test_ctrl_c_stops_gracefully_and_says_how_to_resume(tmp_path, site):
     _one_page_of_images(site, 40, delay=0.5)
     args = ["crawl", site.url("/"), "--work", str(tmp_path), "--allow-private-addresses",
             "--concurrency", "4", "--per-host-concurrency", "4", "--no-autothrottle"]
-    proc = subprocess.Popen([sys.executable, "-m", "crawler", "-q", *args], cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, "-m", "capcrawl", "-q", *args], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 30
     while site.requested("/img/8.jpg") == 0 and time.monotonic() < deadline:
@@ -518,7 +538,7 @@ def test_components_switched_off_keep_the_project_middlewares(tmp_path, spider_n
 
     cls = {"images": ImagesSpider, "image_list": ImageListSpider}[spider_name]
     (tmp_path / "urls.txt").write_text("http://127.0.0.1:9/a.jpg\n")
-    config = CrawlConfig(work=str(tmp_path / "work"), seeds=["http://127.0.0.1:9/"], url_list=str(tmp_path / "urls.txt"))
+    config = CrawlConfig(work=str(tmp_path / "work"), seeds=("http://127.0.0.1:9/",), url_list=str(tmp_path / "urls.txt"))
     settings = Settings()
     settings.setmodule(project, priority="project")
     crawler = get_crawler(cls)
@@ -526,8 +546,8 @@ def test_components_switched_off_keep_the_project_middlewares(tmp_path, spider_n
     cls.from_crawler(crawler, config=config)
     down = crawler.settings.getwithbase("DOWNLOADER_MIDDLEWARES")
     spider_mw = crawler.settings.getwithbase("SPIDER_MIDDLEWARES")
-    for ours in ("PrivateAddressMiddleware", "RobotsMiddleware", "RetryAfterMiddleware"):
-        assert down[f"crawler.middlewares.{ours}"] is not None
+    for ours in ("middlewares.PrivateAddressMiddleware", "upstream.RobotsMiddleware", "middlewares.RetryAfterMiddleware"):
+        assert down[f"crawler.{ours}"] is not None
     assert down["scrapy.downloadermiddlewares.robotstxt.RobotsTxtMiddleware"] is None  # replaced by ours
     assert spider_mw["scrapy.spidermiddlewares.depth.DepthMiddleware"] is None
     assert spider_mw["scrapy.spidermiddlewares.referer.RefererMiddleware"] is not None
@@ -547,8 +567,9 @@ def test_scrapy_records_only_at_the_level_asked_for(tmp_path, level):
     code = (
         "import logging, sys\n"
         "from crawler.config import CrawlConfig\n"
-        "from crawler.stage import QUIET_AT_WARNING, run_crawl\n"
-        "run_crawl(CrawlConfig(work=sys.argv[1], url_list=sys.argv[2]), sys.argv[3])\n"
+        "from crawler.stage import run\n"
+        "from crawler.upstream import QUIET_AT_WARNING\n"
+        "run(CrawlConfig(work=sys.argv[1], url_list=sys.argv[2]), sys.argv[3])\n"
         "print(logging.getLogger('scrapy.core.engine').getEffectiveLevel(),"
         " *(logging.getLogger(n).getEffectiveLevel() for n in sorted(QUIET_AT_WARNING)))\n"
     )

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import os
-from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -123,7 +122,7 @@ def test_perceptual_hash_is_imagehash_phash_of_its_32px_copy(tmp_path):
     import imagehash
 
     from crawler.imageproc import perceptual_hash
-    from shards.phash import phash_of_file
+    from common.phash import phash_of_file
 
     img = Image.open(io.BytesIO(jpeg(size=(640, 480), pattern=3))).convert("RGB")
     grey32 = img.convert("L").resize((32, 32), Image.Resampling.LANCZOS, reducing_gap=2.0)
@@ -250,7 +249,7 @@ def test_spider_callbacks_return_no_value():
 
 def test_entry_point_finds_the_command_behind_global_options():
     """`capcrawl` starts the image workers' fork server early only for commands that use it."""
-    from crawler.__main__ import _command
+    from capcrawl.__main__ import _command
 
     assert _command(["-v", "-q", "download", "urls.txt", "--work", "w"]) == "download"
     assert _command(["shards", "--work", "w", "--out", "o"]) == "shards"
@@ -263,8 +262,8 @@ def test_aiohttp_client_retries_what_scrapy_retries_but_twisted_only_errors():
     from crawler.config import CrawlConfig
     from crawler.stage import scrapy_settings
 
-    aio = scrapy_settings(CrawlConfig(work="w", http_client="aiohttp")).getlist("RETRY_EXCEPTIONS")
-    tx = scrapy_settings(CrawlConfig(work="w", http_client="twisted")).getlist("RETRY_EXCEPTIONS")
+    aio = scrapy_settings(CrawlConfig(work="w", seeds=("http://127.0.0.1/",), http_client="aiohttp")).getlist("RETRY_EXCEPTIONS")
+    tx = scrapy_settings(CrawlConfig(work="w", seeds=("http://127.0.0.1/",), http_client="twisted")).getlist("RETRY_EXCEPTIONS")
     assert any("handlers.http11." in str(e) for e in tx)
     assert aio == [e for e in tx if "handlers.http11." not in str(e)] and len(aio) >= 8
 
@@ -274,7 +273,7 @@ def test_aiohttp_handler_sends_request_headers_without_proxy_credentials():
     from a copy (the request keeps it, for the proxy)."""
     from scrapy import Request
 
-    from crawler.aiohttp_handler import AiohttpHandler
+    from crawler.upstream import AiohttpHandler
 
     plain = Request("http://127.0.0.1/a.jpg", headers={"Accept": "image/*", "User-Agent": "capcrawl"})
     assert AiohttpHandler._request_headers(plain) is plain.headers  # no copy when nothing is dropped

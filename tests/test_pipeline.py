@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import tarfile
 from pathlib import Path
@@ -12,7 +11,7 @@ import pytest
 import webdataset as wds
 from PIL import Image
 
-from crawler.demo import _DemoSite, build_demo_site
+from capcrawl.demo import _DemoSite, build_demo_site
 
 from .conftest import run_cli
 
@@ -57,9 +56,17 @@ def test_run_then_takedown_then_rerun(tmp_path, demo_site, tiny):
     # respect: the opted-out and robots-disallowed images never became samples; the latter was never requested
     assert not [m for m in metas if "optout" in m["url"] or "private" in m["url"]]
     assert site.requested("/private/secret.jpg") == 0
-    # captions were filled for images without alt text, from the page, and named as such
-    sources = {m["caption_source"] for m in metas}
-    assert {"alt", "figcaption", "page_context", "filename"} <= sources
+    # every caption is one of the row's own texts (or a filled one), named by where it came from
+    for m in metas:
+        source, caption = m["caption_source"], m["caption"]
+        field = {"alt": "alt", "figcaption": "figcaption", "title": "title_attr"}.get(source)
+        if field:
+            assert caption == m[field], m
+        elif source == "page_context":
+            assert caption in m["context"], m
+        else:
+            assert source in ("page_title", "filename", "label", "generated"), m
+    assert any(m["caption_source"] == "alt" for m in metas), "ten right alt texts were planted"
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["totals"]["samples"] == len(samples)
     assert manifest["stages"]["crawl"]["images"]["noai"] == 1 and manifest["stages"]["crawl"]["images"]["robots"] == 1

@@ -16,14 +16,15 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from crawler.records import SAMPLE_SCHEMA, ConfigError, DropReason, Status
-from shards.cli import add_shards_arguments, shards_config_from_args
+from common.errors import ConfigError
+from common.options import add_options, from_namespace
+from common.records import SAMPLE_SCHEMA, SCHEMA_VERSION, DropReason, Status
 from shards.config import ShardsConfig
 from shards.dedup import greedy_survivors
 from shards.near_index import near_pairs, near_pairs_between, plan_blocks
-from shards.phash import hamming, hex_to_uint64, uint64_to_hex
+from common.phash import hamming, hex_to_uint64, uint64_to_hex
 from shards.run import run_shards
-from shards.synthetic import encode, image_record, make_image, write_crawl_part, write_scored_part
+from tests.synthetic import encode, image_record, make_image, write_crawl_part, write_scored_part
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -142,7 +143,7 @@ def test_round_trip_rollover_and_stats(tmp_path):
     shard_stats = manifest["runs"][-1]["stages"]["shards"]
     assert shard_stats["written"] == 12 and shard_stats["not_kept"] == {"below_threshold": 1}
     assert shard_stats["input_rows"] == sum(shard_stats["not_kept"].values()) + sum(shard_stats["dropped"].values()) + 12
-    assert manifest["schema_version"] == 1 and [s["name"] for s in manifest["shards"]] == ["00000", "00001", "00002"]
+    assert manifest["schema_version"] == SCHEMA_VERSION and [s["name"] for s in manifest["shards"]] == ["00000", "00001", "00002"]
     with tarfile.open(tars(out)[0]) as tf:
         assert {(m.mtime, m.uid, m.gid, m.mode) for m in tf} == {(1_577_836_800, 0, 0, 0o444)}
 
@@ -241,7 +242,8 @@ def test_incremental_append_skips_published_duplicates(tmp_path):
     run(tmp_path / "w1", out, samples_per_shard=3)
     before = {r["key"]: r["url"] for r in all_samples(out)}
 
-    again = [dict(first[0]), dict(first[1], url="https://elsewhere.org/1.jpg")]  # same URL+sha, and a copy
+    # the same crawl row again (same URL, bytes and fetch time), and a copy under another URL
+    again = [dict(first[0]), dict(first[1], url="https://elsewhere.org/1.jpg")]
     again.append(image_record(encode(make_image(2), quality=50), "https://b.org/2.jpg", license="CC0-1.0", clip_score=0.9))
     write_scored_part(tmp_path / "w2", 0, again + distinct_records(2, start=50))
     manifest = run(tmp_path / "w2", out, samples_per_shard=3)
@@ -249,11 +251,15 @@ def test_incremental_append_skips_published_duplicates(tmp_path):
     after = {r["key"]: r["url"] for r in all_samples(out)}
     assert {k: v for k, v in after.items() if k in before} == before
     assert sorted(set(after) - set(before)) == ["000020000", "000020001"]
-    assert manifest["runs"][-1]["stages"]["shards"]["dropped"] == {"duplicate_sha256": 2, "near_duplicate": 1}
+    stage = manifest["runs"][-1]["stages"]["shards"]
+    assert stage["dropped"] == {"duplicate_sha256": 1, "near_duplicate": 1}
+    assert stage["already_published"] == 1, "a row OUT already holds is no duplicate of itself"
 
     rerun = run(tmp_path / "w2", out, samples_per_shard=3)
-    assert rerun["runs"][-1]["stages"]["shards"]["written"] == 0
+    stage = rerun["runs"][-1]["stages"]["shards"]
+    assert stage["written"] == 0 and stage["dropped"] == {} and stage["already_decided"] == 2
     assert len(tars(out)) == 3 and rerun["totals"]["samples"] == 6
+    assert rerun["totals"]["dropped"] == {"duplicate_sha256": 1, "near_duplicate": 1}, "a rerun adds no drops"
 
 
 def test_exception_mid_shard_leaves_no_final_tar(tmp_path, monkeypatch):
@@ -307,28 +313,42 @@ def test_sigkill_during_writing_leaves_only_complete_tars(tmp_path):
         with tarfile.open(tar) as tf:
             assert len(tf.getnames()) == 30  # 10 complete samples x 3 files
         assert (out / f"{tar.stem}.parquet").is_file()
-    # A rerun cleans the leftovers and finishes the job without duplicating anything.
+    published = 10 * len(present)
+    # A rerun cleans the leftovers and finishes the job without duplicating anything, and the
+    # counts describe the dataset: the killed run's samples are no duplicates of themselves.
     manifest = run(tmp_path / "work", out, samples_per_shard=10)
     assert manifest["totals"]["samples"] == 60 and not list(out.glob(".*.tmp"))
+    stage = manifest["runs"][-1]["stages"]["shards"]
+    assert (stage["already_published"], stage["written"], stage["dropped"]) == (published, 60 - published, {})
+    assert manifest["totals"]["dropped"] == {} and manifest["totals"]["written"] == 60
+    again = run(tmp_path / "work", out, samples_per_shard=10)
+    assert again["totals"] == manifest["totals"] and again["runs"][-1]["stages"]["shards"]["written"] == 0
 
 
 # --- configuration -------------------------------------------------------------------
 
 
+def _shards_config(work: Path, out: Path, *argv: str) -> ShardsConfig:
+    """Parse ``argv`` through the real option parser of `capcrawl shards`."""
+    parser = argparse.ArgumentParser()
+    add_options(parser, ShardsConfig)
+    return from_namespace(ShardsConfig, parser.parse_args(["--work", str(work), "--out", str(out), *argv]))
+
+
 def test_cli_options_and_validation(tmp_path):
     write_scored_part(tmp_path / "work", 0, distinct_records(1))
-    parser = argparse.ArgumentParser()
-    add_shards_arguments(parser)
-    config = shards_config_from_args(parser.parse_args(["--samples-per-shard", "100"]), str(tmp_path / "work"), str(tmp_path / "o"))
+    config = _shards_config(tmp_path / "work", tmp_path / "o", "--samples-per-shard", "100")
     assert (config.samples_per_shard, config.near_dup_distance, config.semantic_dedup) == (100, 4, None)
     for argv, needle in [
         (["--samples-per-shard", "10001"], "--samples-per-shard"),
         (["--near-dup-distance", "17"], "--near-dup-distance"),
         (["--semantic-dedup", "1.5"], "--semantic-dedup"),
-        (["--semantic-dedup", "0.9"], "embeddings"),
     ]:
         with pytest.raises(ConfigError, match=needle):
-            shards_config_from_args(parser.parse_args(argv), str(tmp_path / "work"), str(tmp_path / "o"))
+            _shards_config(tmp_path / "work", tmp_path / "o", *argv)
+    with pytest.raises(ConfigError, match="embeddings"):  # checked when the stage starts: inputs may not exist yet
+        _shards_config(tmp_path / "work", tmp_path / "o", "--semantic-dedup", "0.9").check_inputs()
     with pytest.raises(ConfigError, match="--no-filter"):
-        shards_config_from_args(parser.parse_args([]), str(tmp_path / "empty"), str(tmp_path / "o"))
-
+        _shards_config(tmp_path / "empty", tmp_path / "o").check_inputs()
+    with pytest.raises(ConfigError, match="--no-filter"):
+        run_shards(_shards_config(tmp_path / "empty", tmp_path / "o"))

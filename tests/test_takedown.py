@@ -10,13 +10,14 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from crawler.records import ConfigError, DropReason
+from common.errors import ConfigError
+from common.records import DropReason
 from shards.blocklist import parse_takedown
-from shards.cli import add_remove_arguments, remove_config_from_args
-from shards.config import ShardsConfig
+from common.options import add_options, from_namespace
+from shards.config import RemoveConfig, ShardsConfig
 from shards.remove import run_remove
 from shards.run import run_shards
-from shards.synthetic import encode, image_record, make_image, write_scored_part
+from tests.synthetic import encode, image_record, make_image, write_scored_part
 
 
 def build(tmp_path: Path) -> tuple[Path, Path, list[dict]]:
@@ -65,7 +66,7 @@ def test_takedown_every_kind_then_rerun_does_not_readd(tmp_path):
         )
     )
     stamps = {p.name: p.stat().st_mtime_ns for p in out.glob("*.tar")}
-    manifest = run_remove(remove_config_from_args(_remove_args(["--takedown", str(takedown)]), str(out)))
+    manifest = run_remove(_remove_config(out, "--takedown", str(takedown)))
 
     after = samples(out)
     removed_urls = {records[i]["url"] for i in (0, 2, 3, 5, 7, 8)}
@@ -87,8 +88,10 @@ def test_takedown_every_kind_then_rerun_does_not_readd(tmp_path):
     rerun = run_shards(ShardsConfig(work=work, out=out, samples_per_shard=3))
     last = rerun["runs"][-1]["stages"]["shards"]
     assert last["written"] == 0
-    assert last["dropped"] == {"blocklisted": 8, "duplicate_sha256": 4}
+    assert last["dropped"] == {"blocklisted": 2}, "only the two new rows are decided; published and removed ones are not counted again"
+    assert (last["already_published"], last["already_decided"]) == (4, 6)
     assert samples(out) == after
+    assert rerun["totals"]["removed"] == {"blocklisted": 6} and rerun["totals"]["dropped"] == {"blocklisted": 2}
 
 
 def test_takedown_of_nothing_changes_nothing(tmp_path):
@@ -96,7 +99,7 @@ def test_takedown_of_nothing_changes_nothing(tmp_path):
     takedown = tmp_path / "t.txt"
     takedown.write_text("https://nowhere.org/x.jpg\n")
     before = {p.name: p.read_bytes() for p in out.glob("*.tar")}
-    manifest = run_remove(remove_config_from_args(_remove_args(["--takedown", str(takedown)]), str(out)))
+    manifest = run_remove(_remove_config(out, "--takedown", str(takedown)))
     assert manifest["removals"][-1]["shards_rewritten"] == []
     assert before == {p.name: p.read_bytes() for p in out.glob("*.tar")}
     assert "nowhere.org" in (out / "blocklist.jsonl").read_text()
@@ -111,10 +114,11 @@ def test_takedown_file_errors_name_the_line(tmp_path):
     with pytest.raises(ConfigError, match="Line 1"):
         parse_takedown(bad, 4)
     with pytest.raises(ConfigError, match="does not exist"):
-        remove_config_from_args(_remove_args(["--takedown", str(bad)]), str(tmp_path / "missing"))
+        _remove_config(tmp_path / "missing", "--takedown", str(bad))
 
 
-def _remove_args(argv: list[str]) -> argparse.Namespace:
+def _remove_config(out: Path, *argv: str) -> RemoveConfig:
+    """Parse ``argv`` through the real option parser of `capcrawl remove OUT ...`."""
     parser = argparse.ArgumentParser()
-    add_remove_arguments(parser)
-    return parser.parse_args(argv)
+    add_options(parser, RemoveConfig)
+    return from_namespace(RemoveConfig, parser.parse_args([str(out), *argv]))

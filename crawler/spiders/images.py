@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import logging
 import re
-from collections import Counter, defaultdict
+from collections import defaultdict, deque
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, AsyncIterator, Iterator
 from urllib.parse import urlsplit
@@ -21,18 +22,23 @@ from scrapy.http import Response, TextResponse
 from scrapy.spidermiddlewares.httperror import HttpError
 from twisted.python.failure import Failure
 
+from common.fileio import atomic_write_parquet, remove_stale_temps
+from common.layout import IMAGE_PAGES_FILE
+from common.options import digest
+from common.records import PageStatus, Status
+
 from ..config import CrawlConfig, check_url
 from ..extract import ImageRef, extract_page, opt_out_in
 from ..failures import failure_status
-from ..pipelines import write_crawl_stats
-from ..journal import PageEntry, PageJournal, load_done_urls
-from ..records import CRAWL_DIR, PageStatus, Status
+from ..journal import PageEntry, PageJournal, image_page_counts, load_done_urls
+from ..stats import SKIPPED, write_crawl_stats
 from ..urllist import iter_url_list
 
 log = logging.getLogger(__name__)
 
+#: Images go before new pages: finish what was found before exploring further.
 IMAGE_PRIORITY = 10
-_IMAGE_LINK = re.compile(r"\.(jpe?g|png|gif|webp|avif|bmp|tiff?|svg)$", re.IGNORECASE)  # images before new pages: finish what was found before exploring further
+_IMAGE_LINK = re.compile(r"\.(jpe?g|png|gif|webp|avif|bmp|tiff?|svg)$", re.IGNORECASE)
 
 
 def _host_in(host: str, domains: set[str]) -> bool:
@@ -40,7 +46,13 @@ def _host_in(host: str, domains: set[str]) -> bool:
 
 
 class ImagesSpider(scrapy.Spider):
-    """Crawl pages from seed URLs, following in-scope links, and fetch every image found."""
+    """Crawl pages from seed URLs, following in-scope links, and fetch every image found.
+
+    A page's depth is its shortest link distance from a seed: pages are requested
+    shallowest first, and when a shorter path to a page turns up later, the page's links are
+    followed again from the shorter depth, so ``--max-depth`` never refuses a page that is
+    within reach.
+    """
 
     name = "images"
     #: Scrapy components this spider switches off: {setting: (import path, ...)}, merged
@@ -50,21 +62,20 @@ class ImagesSpider(scrapy.Spider):
     def __init__(self, config: CrawlConfig | None = None, **kwargs: Any):
         super().__init__()
         self.config = config if config is not None else CrawlConfig.from_spider_args(kwargs)
-        self.crawl_dir = Path(self.config.work) / CRAWL_DIR
+        self.crawl_dir = Path(self.config.work) / "crawl"
         self.crawl_dir.mkdir(parents=True, exist_ok=True)
-        self.done: set[str] = load_done_urls(self.crawl_dir)
-        self.images_seen: set[str] = set(self.done)
+        remove_stale_temps(self.crawl_dir)  # parts and files of a run that was killed
+        # Image URLs recorded in a part (by this run or an earlier one) or on their way to one.
+        self.known: set[str] = load_done_urls(self.crawl_dir)
         self.outstanding: set[str] = set()  # image URLs sent on their way, no item yet
         self.journal = PageJournal(self.crawl_dir)
-        self.pages_seen: set[str] = set()
-        self.page_decisions: dict[str, set[str]] = defaultdict(set)
-        self.skipped: Counter[str] = Counter()
+        self.page_depth: dict[str, int] = {}  # admitted pages -> shortest depth known
+        self.page_decisions: dict[str, set[str]] = defaultdict(set)  # refused pages by status
         self.agent_token = self.config.user_agent.split("/")[0].split()[0].lower()
-        self.scope = {urlsplit(s).hostname or "" for s in self.config.seeds} | {
-            d.lower().lstrip(".") for d in self.config.allow_domains
-        }
-        if self.done:
-            log.info("resuming: %d image URLs already recorded in %s", len(self.done), self.crawl_dir)
+        self.scope = {urlsplit(s).hostname or "" for s in self.config.seeds} | set(self.config.allow_domains)
+        self.started_at = datetime.now(timezone.utc)
+        if self.known:
+            log.info("resuming: %d image URLs already recorded in %s", len(self.known), self.crawl_dir)
 
     @classmethod
     def from_crawler(cls, crawler, *args: Any, **kwargs: Any) -> "ImagesSpider":
@@ -87,21 +98,45 @@ class ImagesSpider(scrapy.Spider):
             request.meta["cc_too_large"] = f"body passed {limit} bytes while streaming"
             raise StopDownload(fail=True)
 
+    def _count(self, key: str, n: int = 1) -> None:
+        self.crawler.stats.inc_value(key, n)
+
     def _on_closed(self, spider: scrapy.Spider, reason: str) -> None:
-        """After the pipeline flushed its last part: close the journal and write stats.json."""
+        """After the pipeline flushed its last part: close the journal and write the stats."""
         self.journal.close()
-        write_crawl_stats(self, reason)
+        self.write_page_counts()
+        write_crawl_stats(
+            self.crawl_dir,
+            mode=self.config.mode,
+            pages=self.page_status_counts(),
+            skipped=self.skipped_counts(),
+            pending=len(self.outstanding),
+            scrapy_stats=self.crawler.stats.get_stats(),
+            finish_reason=reason,
+            started_at=self.started_at,
+            options_digest=digest(self.config),
+        )
 
-    # --- bookkeeping used by the pipeline's stats -------------------------------------
+    def write_page_counts(self) -> None:
+        """WORK/crawl/image_pages.parquet: on how many pages of each host an image appears."""
+        table = image_page_counts(self.journal.entries)
+        if table.num_rows:
+            atomic_write_parquet(table, self.crawl_dir / IMAGE_PAGES_FILE)
 
-    def pending_count(self) -> int:
-        return len(self.outstanding)
+    # --- counts for the stats -------------------------------------------------------
 
     def page_status_counts(self) -> dict[str, int]:
-        counts = Counter(self.journal.status_counts())
+        counts = self.journal.status_counts()
         for status, urls in self.page_decisions.items():
-            counts[status] += len(urls)
-        return dict(sorted(counts.items()))
+            if urls:
+                counts[status] = counts.get(status, 0) + len(urls)
+        return counts
+
+    def skipped_counts(self) -> dict[str, int]:
+        stats = self.crawler.stats.get_stats()
+        skipped = {k[len(SKIPPED):]: v for k, v in stats.items() if k.startswith(SKIPPED)}
+        skipped["data_uri"] = self.journal.data_uris()
+        return skipped
 
     # --- pages ---------------------------------------------------------------------
 
@@ -111,20 +146,27 @@ class ImagesSpider(scrapy.Spider):
 
     def _start_requests(self) -> Iterator[scrapy.Request]:
         """Seeds, minus pages a previous run finished (whose links are followed from the journal)."""
-        queue = [(url, 0) for url in self.config.seeds]
+        queue = deque((url, 0) for url in self.config.seeds)
         while queue:
-            url, depth = queue.pop(0)
+            url, depth = queue.popleft()  # breadth first: each page at its shortest depth
             if not self._admit_page(url, depth):
                 continue
-            if self.journal.is_complete(url, self.done):
+            if self.journal.is_complete(url, self.known):
                 entry = self.journal.entries[url]
                 queue.extend((link, depth + 1) for link in entry.links)
             else:
                 yield self._page_request(url, depth)
 
     def _admit_page(self, url: str, depth: int) -> bool:
-        """Scope, depth and page-count checks; counts the refusals once per URL."""
-        if url in self.pages_seen:
+        """Scope, depth and page-count checks; counts the refusals once per URL.
+
+        A page already admitted and now reached by a shorter path gets the shorter depth
+        (and, if it was parsed already, its links are followed again from there).
+        """
+        known = self.page_depth.get(url)
+        if known is not None:
+            if depth < known:
+                self._shorter_path(url, depth)
             return False
         if _IMAGE_LINK.search(urlsplit(url).path):
             return False  # a link to an image file, not a page
@@ -134,11 +176,41 @@ class ImagesSpider(scrapy.Spider):
         if depth > self.config.max_depth:
             self.page_decisions[PageStatus.MAX_DEPTH.value].add(url)
             return False
-        if len(self.pages_seen) >= self.config.max_pages:
+        if len(self.page_depth) >= self.config.max_pages:
             self.page_decisions[PageStatus.MAX_PAGES.value].add(url)
             return False
-        self.pages_seen.add(url)
+        self.page_decisions[PageStatus.MAX_DEPTH.value].discard(url)  # a shorter path reached it
+        self.page_decisions[PageStatus.MAX_PAGES.value].discard(url)
+        self.page_depth[url] = depth
         return True
+
+    def _shorter_path(self, url: str, depth: int) -> None:
+        self.page_depth[url] = depth
+        self._count("capcrawl/pages_reached_shorter")
+        entry = self.journal.entries.get(url)
+        if entry is None:
+            return  # not parsed yet: it will be parsed at the shorter depth
+        self.journal.add(PageEntry(entry.url, depth, entry.status, entry.links, entry.images, entry.data_uris))
+        self._pending_links.extend((link, depth + 1) for link in entry.links)
+
+    @property
+    def _pending_links(self) -> deque:
+        if not hasattr(self, "_links_queue"):
+            self._links_queue: deque = deque()
+        return self._links_queue
+
+    def _follow(self, links: list[str], depth: int) -> Iterator[scrapy.Request]:
+        """Requests for the pages behind ``links`` (found at ``depth - 1``), and for pages a
+        shorter path reached meanwhile."""
+        queue = self._pending_links
+        queue.extend((link, depth) for link in links)
+        while queue:
+            link, d = queue.popleft()
+            if self._admit_page(link, d):
+                if self.journal.is_complete(link, self.known):  # finished by an earlier run
+                    queue.extend((nxt, d + 1) for nxt in self.journal.entries[link].links)
+                else:
+                    yield self._page_request(link, d)
 
     def _page_request(self, url: str, depth: int) -> scrapy.Request:
         return scrapy.Request(
@@ -146,11 +218,13 @@ class ImagesSpider(scrapy.Spider):
             callback=self.parse_page,
             errback=self.page_failed,
             meta={"cc_page": url, "cc_depth": depth},
+            priority=-depth,  # shallower pages first
             dont_filter=True,
         )
 
     def parse_page(self, response: Response) -> Iterator[Any]:
-        page_url, depth = response.meta["cc_page"], response.meta["cc_depth"]
+        page_url = response.meta["cc_page"]
+        depth = self.page_depth.get(page_url, response.meta["cc_depth"])
         if not isinstance(response, TextResponse):
             self.journal.add(PageEntry(page_url, depth, PageStatus.NOT_HTML.value, [], []))
             return
@@ -160,14 +234,11 @@ class ImagesSpider(scrapy.Spider):
         info = extract_page(response.selector, response.url, self.agent_token)
         header_opt_out = opt_out_in([h.decode("latin-1") for h in response.headers.getlist(b"X-Robots-Tag")], self.agent_token)
         opt_out = info.opt_out or header_opt_out
-        self.skipped["data_uri"] += info.data_uris
         for ref in info.images:
             yield from self._image(ref, response.url, info.title, opt_out)
         status = PageStatus.NOAI if opt_out else PageStatus.OK
-        self.journal.add(PageEntry(page_url, depth, status.value, info.links, [i.url for i in info.images]))
-        for link in info.links:
-            if self._admit_page(link, depth + 1):
-                yield self._page_request(link, depth + 1)
+        self.journal.add(PageEntry(page_url, depth, status.value, info.links, [i.url for i in info.images], info.data_uris))
+        yield from self._follow(info.links, depth + 1)
 
     def page_failed(self, failure: Failure) -> None:
         request = failure.request
@@ -175,15 +246,16 @@ class ImagesSpider(scrapy.Spider):
         if found is None:
             return  # cancelled by shutdown: fetched again on resume
         status, error = found
-        self.journal.add(PageEntry(request.meta["cc_page"], request.meta["cc_depth"], status, [], []))
+        url = request.meta["cc_page"]
+        self.journal.add(PageEntry(url, self.page_depth.get(url, request.meta["cc_depth"]), status, [], []))
         log.info("page %s: %s (%s)", request.url, status, error)
 
     # --- images --------------------------------------------------------------------
 
     def _image(self, ref: ImageRef, page_url: str | None, page_title: str | None, opt_out: str | None) -> Iterator[Any]:
-        if ref.url in self.images_seen:
+        if ref.url in self.known:
             return
-        self.images_seen.add(ref.url)
+        self.known.add(ref.url)
         item = {
             "url": ref.url,
             "page_url": page_url,
@@ -252,13 +324,18 @@ class ImageListSpider(ImagesSpider):
 
     def _start_requests(self) -> Iterator[Any]:
         cfg = self.config
+        listed: set[str] = set()  # URLs of the list met so far in this pass
         for url, caption in iter_url_list(cfg.url_list, cfg.input_format, cfg.url_col, cfg.caption_col):
-            if url in self.images_seen:
-                if url not in self.done:
-                    self.skipped["duplicate_url"] += 1
+            if url in listed:
+                self._count(SKIPPED + "duplicate_url")
                 continue
-            self.images_seen.add(url)
+            listed.add(url)
+            if url in self.known:
+                continue  # recorded by an earlier run
             yield from self._fetch_or_refuse({"url": url, "caption_in": caption})
 
     def page_status_counts(self) -> dict[str, int]:
         return {}
+
+    def write_page_counts(self) -> None:
+        pass  # no pages

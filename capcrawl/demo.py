@@ -13,7 +13,8 @@ import logging
 import random
 from pathlib import Path
 
-from .config import CrawlConfig
+from crawler.config import CrawlConfig
+
 from .localsite import LocalSite
 
 log = logging.getLogger(__name__)
@@ -34,7 +35,7 @@ def _page(title: str, body: str, head: str = "") -> str:
 
 def build_demo_site(root: Path, seed: int = 7) -> dict[str, int]:
     """Write the demo site's files under ``root``; returns counts of what was planted."""
-    from filter.tiny import COLORS, SHAPES, caption_for, render_shape
+    from .tiny import COLORS, SHAPES, caption_for, render_shape
 
     rng = random.Random(seed)
     img_dir = root / "img"
@@ -130,16 +131,13 @@ def print_samples(out: Path, n: int = 6) -> None:
 
 def run_demo(directory: Path, quiet: bool = False, model_cache: Path | None = None) -> int:
     """Build, serve, crawl, filter and shard the demo site; print where everything is."""
+    import shutil
+
     from filter.config import FilterConfig
-    from filter.stage import run_filter
-    from filter.tiny import TINY_THRESHOLD, ensure_tiny_model
-    from shards import run_shards
     from shards.config import ShardsConfig
 
-    from .cli import print_crawl_summary, print_filter_summary, print_shards_summary
-    from .stage import run_crawl
-
-    import shutil
+    from .pipeline import run_pipeline
+    from .tiny import TINY_THRESHOLD, ensure_tiny_model
 
     directory = directory.resolve()
     site_dir, work, out = directory / "site", directory / "work", directory / "shards"
@@ -151,14 +149,13 @@ def run_demo(directory: Path, quiet: bool = False, model_cache: Path | None = No
     model_json, checkpoint = ensure_tiny_model(model_cache or directory / "model")
     with _DemoSite("127.0.0.1", root=site_dir) as site:
         print(f"serving it on {site.base} (loopback only)")
-        crawl_cfg = CrawlConfig(work=str(work), seeds=[site.url("/")], allow_private_addresses=True,
-                                max_pages=50, image_size=256, progress=not quiet).validate()
-        stats = run_crawl(crawl_cfg)
-    print_crawl_summary(stats, work / "crawl")
-    fstats = run_filter(FilterConfig(work=work, model=str(model_json), pretrained=str(checkpoint), device="cpu",
-                                     batch_size=64, workers=0, threshold=TINY_THRESHOLD))
-    print_filter_summary(fstats)
-    print_shards_summary(run_shards(ShardsConfig(work=work, out=out).validate()), out)
+        crawl_cfg = CrawlConfig(work=str(work), seeds=(site.url("/"),), allow_private_addresses=True,
+                                max_pages=50, image_size=256, progress=not quiet)
+        filter_cfg = FilterConfig(work=work, model=str(model_json), pretrained=str(checkpoint), device="cpu",
+                                  batch_size=64, workers=0, threshold=TINY_THRESHOLD)
+        result = run_pipeline(crawl_cfg, filter_cfg, ShardsConfig(work=work, out=out))
+    if result.code:
+        return result.code
     print_samples(out)
     print(f"\ncrawl records: {work / 'crawl'}\nscored records: {work / 'scored'}\nshards: {out}")
     return 0

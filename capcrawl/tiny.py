@@ -19,8 +19,6 @@ import io
 import json
 import logging
 import math
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -55,7 +53,14 @@ _TRAIN_PER_CLASS = 160
 _HELDOUT_PER_CLASS = 12
 _STEPS = 260
 _BATCH = 128
-_MIN_ACCURACY = 0.95
+#: What a trained checkpoint must reach on fresh images (:func:`heldout_report`), whatever CPU
+#: trained it: training is bit-for-bit repeatable only on the same CPU kernels, so tests rely on
+#: these gates (and on the model's own scores), never on one checkpoint's predictions.
+GATES = {
+    "accuracy": 0.95,  # the canonical caption ranks first among the 30 classes
+    "right_above_threshold": 0.95,  # the canonical caption scores >= TINY_THRESHOLD
+    "unrelated_below_threshold": 0.97,  # a caption of another shape and another colour scores < TINY_THRESHOLD
+}
 
 _TEMPLATES: tuple[str, ...] = (
     "a {c} {s}",
@@ -175,10 +180,12 @@ def _render_set(per_class: int, sizes: tuple[int, int], seed: int, preprocess) -
     return torch.stack(images), torch.tensor(labels)
 
 
-def _cache_key() -> str:
-    """Hash of this file and the config: a change to either rebuilds the checkpoint."""
+def _cache_key(seed: int = _SEED) -> str:
+    """Hash of this file, the config and the seed: a change to any rebuilds the checkpoint."""
     h = hashlib.sha256(Path(__file__).read_bytes())
     h.update(json.dumps(TINY_CONFIG, sort_keys=True).encode())
+    if seed != _SEED:
+        h.update(str(seed).encode())
     return h.hexdigest()[:12]
 
 
@@ -186,14 +193,14 @@ def _class_texts(rng: np.random.Generator) -> list[str]:
     return [_TEMPLATES[rng.integers(len(_TEMPLATES))].format(c=c, s=s) for s, c in _classes()]
 
 
-def _train(model, tokenize, preprocess) -> None:
+def _train(model, tokenize, preprocess, seed: int = _SEED) -> None:
     """Train the tiny model: image vs. (class captions + distractors) cross-entropy."""
     import torch
     import torch.nn.functional as F
 
-    torch.manual_seed(_SEED)
-    rng = np.random.default_rng(_SEED)
-    images, labels = _render_set(_TRAIN_PER_CLASS, (32, 160), _SEED, preprocess)
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    images, labels = _render_set(_TRAIN_PER_CLASS, (32, 160), seed, preprocess)
     distractor_tokens = tokenize(list(_DISTRACTORS))
     model.logit_scale.requires_grad_(False)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -219,59 +226,77 @@ def _train(model, tokenize, preprocess) -> None:
     model.eval()
 
 
-def heldout_accuracy(model, tokenize, preprocess, seed: int = _SEED + 1) -> float:
-    """Share of fresh images (rendered at 32..256 px) whose canonical caption ranks first."""
+def heldout_report(model, tokenize, preprocess, seed: int = _SEED + 1) -> dict[str, float]:
+    """On fresh images (rendered at 32..256 px): the shares that :data:`GATES` bounds."""
     import torch
     import torch.nn.functional as F
 
     images, labels = _render_set(_HELDOUT_PER_CLASS, (32, 256), seed, preprocess)
+    classes = _classes()
     with torch.no_grad():
-        txt = F.normalize(model.encode_text(tokenize([caption_for(s, c) for s, c in _classes()])), dim=-1)
+        txt = F.normalize(model.encode_text(tokenize([caption_for(s, c) for s, c in classes])), dim=-1)
         img = F.normalize(model.encode_image(images), dim=-1)
-    return float(((img @ txt.T).argmax(dim=1) == labels).float().mean())
+    sims = img @ txt.T
+    rows = torch.arange(len(labels))
+    right = sims[rows, labels]
+    shape = torch.arange(len(classes)) // len(COLORS)  # classes are shape-major
+    color = torch.arange(len(classes)) % len(COLORS)
+    unrelated = (shape[labels][:, None] != shape[None, :]) & (color[labels][:, None] != color[None, :])
+    return {
+        "accuracy": float((sims.argmax(dim=1) == labels).float().mean()),
+        "right_above_threshold": float((right >= TINY_THRESHOLD).float().mean()),
+        "unrelated_below_threshold": float((sims[unrelated] < TINY_THRESHOLD).float().mean()),
+    }
+
+
+def heldout_accuracy(model, tokenize, preprocess, seed: int = _SEED + 1) -> float:
+    """Share of fresh images whose canonical caption ranks first."""
+    return heldout_report(model, tokenize, preprocess, seed)["accuracy"]
 
 
 def _atomic_save(obj, path: Path) -> None:
     import torch
 
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    from common.fileio import atomic_path
+
+    with atomic_path(path) as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
-def ensure_tiny_model(cache_dir: str | Path) -> tuple[Path, Path]:
-    """Return ``(config_json, checkpoint)`` of the tiny model, training it (~30 s) if not cached."""
+def ensure_tiny_model(cache_dir: str | Path, seed: int = _SEED) -> tuple[Path, Path]:
+    """Return ``(config_json, checkpoint)`` of the tiny model, training it (~30 s) if not cached.
+
+    Another ``seed`` trains another checkpoint that meets the same gates, as a run on another
+    CPU does: ``CAPCRAWL_TINY_SEED=7 make test`` checks that the tests hold for it too.
+    """
     import open_clip
     import torch
 
-    from crawler.records import atomic_write_bytes
+    from common.fileio import atomic_write_bytes
 
-    key = _cache_key()
+    key = _cache_key(seed)
     folder = Path(cache_dir) / f"tiny-{key}"
     config_path, ckpt_path = folder / f"tiny-{key}.json", folder / f"tiny-{key}.pt"
     if config_path.is_file() and ckpt_path.is_file():
         return config_path, ckpt_path
     folder.mkdir(parents=True, exist_ok=True)
     log.info("training the tiny open_clip model into %s", folder)
-    torch.manual_seed(_SEED)
+    torch.manual_seed(seed)
     model = open_clip.model.CLIP(**TINY_CONFIG)
     preprocess = open_clip.image_transform(TINY_CONFIG["vision_cfg"]["image_size"], is_train=False)
     tokenizer = open_clip.tokenizer.SimpleTokenizer(context_length=TINY_CONFIG["text_cfg"]["context_length"])
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # one thread: bit-for-bit the same checkpoint on every run of the same code
     try:
-        _train(model, tokenizer, preprocess)
-        accuracy = heldout_accuracy(model, tokenizer, preprocess)
+        _train(model, tokenizer, preprocess, seed)
+        report = heldout_report(model, tokenizer, preprocess)
     finally:
         torch.set_num_threads(threads)
-    if accuracy < _MIN_ACCURACY:
-        raise RuntimeError(f"tiny model reached only {accuracy:.1%} held-out accuracy (< {_MIN_ACCURACY:.0%})")
-    log.info("tiny model held-out accuracy %.1f%%", 100 * accuracy)
+    failed = {k: v for k, v in report.items() if v < GATES[k]}
+    if failed:
+        raise RuntimeError(f"the tiny model missed its held-out gates: {failed} (need {GATES})")
+    log.info("tiny model held-out report %s", report)
     _atomic_save(model.state_dict(), ckpt_path)
+    atomic_write_bytes(json.dumps(report, indent=2).encode(), folder / "heldout.json")
     atomic_write_bytes(json.dumps(TINY_CONFIG, indent=2).encode(), config_path)
     return config_path, ckpt_path

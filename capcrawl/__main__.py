@@ -1,4 +1,4 @@
-"""The ``capcrawl`` command (and ``python -m crawler``).
+"""The ``capcrawl`` command (and ``python -m capcrawl``).
 
 For the commands that process images (crawl, download, run) the image workers' fork server
 is started first, before the command-line module imports Pillow and pyarrow: the server's
@@ -7,7 +7,7 @@ Scrapy's, and the crawl's first worker does not wait for them (~0.15 s less star
 
 Its first step makes the garbage collector's young generation larger
 (:data:`crawler.workers.GC_THRESHOLD`). ``scrapy crawl images`` and in-process callers of
-:func:`crawler.cli.main` (the tests) keep Python's defaults.
+:func:`capcrawl.cli.main` (the tests) keep Python's defaults.
 """
 
 from __future__ import annotations
@@ -15,7 +15,10 @@ from __future__ import annotations
 import gc
 import sys
 
-from crawler.workers import GC_THRESHOLD, IMAGE_COMMANDS, start_worker_server
+from crawler.workers import GC_THRESHOLD, start_worker_server
+
+#: The commands that process images, and so start the fork server (as capcrawl.cli's).
+IMAGE_COMMANDS = ("crawl", "download", "run")
 
 
 def _command(argv: list[str]) -> str | None:
@@ -28,7 +31,7 @@ def run() -> None:
     argv = sys.argv[1:]
     if _command(argv) in IMAGE_COMMANDS and not {"-h", "--help"} & set(argv):
         start_worker_server()
-    from crawler.cli import run as cli_run
+    from capcrawl.cli import run as cli_run
 
     cli_run()
 

@@ -1,22 +1,22 @@
 """The record contract between capcrawl's stages: columns, statuses, Arrow schemas.
 
-Every column or status that crosses a stage boundary is declared here and
-nowhere else. This module imports nothing of the stages (no Scrapy, no torch),
-so ``filter/`` and ``shards/`` can import it without pulling in the crawler.
+Every column or status that crosses a stage boundary is declared here and nowhere else
+(the file names are in :mod:`common.layout`). This module imports nothing of the stages
+(no Scrapy, no torch), so every stage imports it cheaply.
 """
 
 from __future__ import annotations
 
 import enum
-import os
-import tempfile
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-#: Bumped whenever a column is added, removed or changes meaning.
-SCHEMA_VERSION = 1
+#: Bumped whenever a column is added, removed or changes meaning. Readers conform older
+#: files to the current schema (:func:`conform`): columns they lack read as null.
+#: 2: opt-out evidence, site-chrome and page counts, faces, caption candidates and language.
+SCHEMA_VERSION = 2
 
 
 class ValueEnum(str, enum.Enum):
@@ -31,7 +31,11 @@ class Status(ValueEnum):
 
     OK = "ok"
     ROBOTS = "robots"  # robots.txt disallows the URL (never requested)
-    NOAI = "noai"  # noai / noimageai in meta robots or X-Robots-Tag
+    NOAI = "noai"  # noai / noimageai / noml in meta robots or X-Robots-Tag
+    TDMREP = "tdmrep"  # W3C TDM reservation: header, meta or /.well-known/tdmrep.json
+    CONTENT_USAGE = "content_usage"  # IETF AI preferences: Content-Usage train-ai=n / ai-use=n
+    CONTENT_SIGNAL = "content_signal"  # Content-Signal: ai-train=no in robots.txt
+    AI_TXT = "ai_txt"  # /ai.txt disallows the URL
     OFFSITE = "offsite"  # outside the crawl scope
     PRIVATE_ADDRESS = "private_address"  # host resolves to a private/loopback/reserved address
     TIMEOUT = "timeout"
@@ -59,6 +63,11 @@ class PageStatus(ValueEnum):
     OK = "ok"
     ROBOTS = "robots"
     NOAI = "noai"  # page fetched, its images excluded by meta robots / X-Robots-Tag
+    TDMREP = "tdmrep"
+    CONTENT_USAGE = "content_usage"
+    CONTENT_SIGNAL = "content_signal"
+    AI_TXT = "ai_txt"
+    BLOCKED = "blocked"  # on the takedown blocklist (never requested)
     OFFSITE = "offsite"
     PRIVATE_ADDRESS = "private_address"
     MAX_DEPTH = "max_depth"
@@ -92,6 +101,8 @@ class FilterReason(ValueEnum):
     BELOW_THRESHOLD = "below_threshold"  # best caption scored under --threshold
     NO_CANDIDATE = "no_candidate"  # no text at all to score against
     DECODE_ERROR = "decode_error"  # stored image bytes could not be decoded
+    SITE_CHROME = "site_chrome"  # navigation, logo or icon: repeated across a host's pages, or in its nav
+    LANGUAGE = "language"  # the caption's language is not among --languages
 
 
 class DropReason(ValueEnum):
@@ -102,6 +113,18 @@ class DropReason(ValueEnum):
     SEMANTIC_DUPLICATE = "semantic_duplicate"
     BLOCKLISTED = "blocklisted"
     NO_CAPTION = "no_caption"
+    SITE_CHROME = "site_chrome"  # --no-filter: the same site-chrome rule the filter applies
+    FACES = "faces"  # --faces drop
+    LICENSE_UNKNOWN = "license_unknown"  # --licenses: no licence recorded
+    LICENSE_NOT_ALLOWED = "license_not_allowed"  # --licenses: a licence outside the policy
+
+
+class FaceAction(ValueEnum):
+    """What the shards stage did to the faces of a sample (``--faces``)."""
+
+    NONE = "none"  # no face found
+    BLURRED = "blurred"
+    KEPT = "kept"  # --faces keep: written untouched
 
 
 # --- crawl records -----------------------------------------------------------------
@@ -125,6 +148,12 @@ CRAWL_FIELDS: list[pa.Field] = [
     pa.field("rights_url", pa.string()),  # XMP xmpRights:WebStatement
     pa.field("status", pa.string(), nullable=False),
     pa.field("error", pa.string()),
+    # Evidence of the opt-out that decided (robots, noai, tdmrep, content_usage, ...): the
+    # signal, where it was found (robots.txt, X-Robots-Tag, meta, ai.txt, ...) and its value.
+    pa.field("opt_out_signal", pa.string()),
+    pa.field("opt_out_source", pa.string()),
+    pa.field("opt_out_value", pa.string()),
+    pa.field("chrome", pa.string()),  # why the markup marks the image as site chrome (nav, header, ...)
     pa.field("image", pa.binary()),
     pa.field("image_format", pa.string()),
     pa.field("width", pa.int32()),
@@ -137,6 +166,11 @@ CRAWL_FIELDS: list[pa.Field] = [
 ]
 CRAWL_SCHEMA = pa.schema(CRAWL_FIELDS, metadata={b"capcrawl_schema_version": str(SCHEMA_VERSION).encode()})
 
+#: One caption the filter considered: its text, where it came from, its CLIP cosine.
+CANDIDATE_TYPE = pa.struct([("text", pa.string()), ("source", pa.string()), ("score", pa.float32())])
+#: ``[x_min, y_min, x_max, y_max]`` normalised to [0, 1] of the stored image.
+BOX_TYPE = pa.list_(pa.float32(), 4)
+
 SCORED_EXTRA_FIELDS: list[pa.Field] = [
     pa.field("caption", pa.string()),
     pa.field("caption_source", pa.string()),
@@ -144,6 +178,14 @@ SCORED_EXTRA_FIELDS: list[pa.Field] = [
     pa.field("alt_score", pa.float32()),
     pa.field("kept", pa.bool_(), nullable=False),
     pa.field("filter_reason", pa.string()),
+    pa.field("alt_ignored", pa.string()),  # why the alt did not count as a caption (boilerplate: "image", a file name)
+    pa.field("caption_candidates", pa.list_(CANDIDATE_TYPE)),  # the best few, best first
+    pa.field("caption_lang", pa.string()),  # ISO 639-1 code of the caption's language
+    pa.field("caption_lang_score", pa.float32()),
+    pa.field("page_count", pa.int32()),  # pages of the image's page host that show this image URL
+    pa.field("host_pages", pa.int32()),  # pages crawled on that host
+    pa.field("face_bboxes", pa.list_(BOX_TYPE)),
+    pa.field("face_scores", pa.list_(pa.float32())),
 ]
 SCORED_SCHEMA = pa.schema(
     CRAWL_FIELDS + SCORED_EXTRA_FIELDS,
@@ -151,10 +193,12 @@ SCORED_SCHEMA = pa.schema(
 )
 
 #: Columns of a shard sample's ``.json`` and of the shard ``.parquet``: every scored
-#: column but the image bytes, plus ``key``.
-SAMPLE_FIELDS: list[pa.Field] = [pa.field("key", pa.string(), nullable=False)] + [
-    f for f in SCORED_SCHEMA if f.name != "image"
-]
+#: column but the image bytes, plus ``key`` and what was done to faces.
+SAMPLE_FIELDS: list[pa.Field] = (
+    [pa.field("key", pa.string(), nullable=False)]
+    + [f for f in SCORED_SCHEMA if f.name != "image"]
+    + [pa.field("face_action", pa.string())]
+)
 SAMPLE_SCHEMA = pa.schema(SAMPLE_FIELDS, metadata={b"capcrawl_schema_version": str(SCHEMA_VERSION).encode()})
 
 #: Column names, for code that must not spell them from memory.
@@ -162,29 +206,7 @@ CRAWL_COLUMNS: tuple[str, ...] = tuple(CRAWL_SCHEMA.names)
 SCORED_COLUMNS: tuple[str, ...] = tuple(SCORED_SCHEMA.names)
 SAMPLE_COLUMNS: tuple[str, ...] = tuple(SAMPLE_SCHEMA.names)
 
-# --- file layout -------------------------------------------------------------------
-
-CRAWL_DIR = "crawl"
-SCORED_DIR = "scored"
-PART_GLOB = "part-*.parquet"
-STATS_FILE = "stats.json"
-
-
-def part_name(index: int) -> str:
-    """``part-00042.parquet``."""
-    return f"part-{index:05d}.parquet"
-
-
-def emb_name(part: str | Path) -> str:
-    """Embedding file that sits beside a scored part: ``part-00042.parquet`` -> ``emb-00042.npy``."""
-    stem = Path(part).name.removesuffix(".parquet")
-    return "emb-" + stem.removeprefix("part-") + ".npy"
-
-
-def list_parts(directory: str | Path) -> list[Path]:
-    """Finished parts in a stage directory, in order (temporary files excluded)."""
-    d = Path(directory)
-    return sorted(p for p in d.glob(PART_GLOB) if p.is_file()) if d.is_dir() else []
+# --- tables ---------------------------------------------------------------------------
 
 
 def read_columns(path: str | Path, columns: list[str]) -> pa.Table:
@@ -213,36 +235,15 @@ def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
             arrays.append(pa.nulls(table.num_rows, field.type))
     return pa.Table.from_arrays(arrays, schema=schema)
 
-
-def atomic_write_parquet(table: pa.Table, path: str | Path, **kwargs) -> Path:
-    """Write ``table`` to a temporary file beside ``path`` and rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        pq.write_table(table, tmp, compression=kwargs.pop("compression", "zstd"), **kwargs)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def atomic_write_bytes(data: bytes, path: str | Path) -> Path:
-    """Write bytes under a temporary name and rename (for json stats, npy files...)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-class ConfigError(ValueError):
-    """A user-facing configuration problem; the CLI prints its message as one line and exits 2."""
+#: ``WORK/crawl/image_pages.parquet``, written at the end of a crawl from the page journals:
+#: for each image URL and each host whose pages show it, on how many of that host's pages it
+#: appears and how many pages of that host were crawled (site chrome repeats on most of them).
+IMAGE_PAGES_SCHEMA = pa.schema(
+    [
+        pa.field("url", pa.string(), nullable=False),
+        pa.field("host", pa.string(), nullable=False),
+        pa.field("page_count", pa.int32(), nullable=False),
+        pa.field("host_pages", pa.int32(), nullable=False),
+    ],
+    metadata={b"capcrawl_schema_version": str(SCHEMA_VERSION).encode()},
+)

@@ -10,8 +10,10 @@ from typing import Any
 
 import numpy as np
 
-from crawler.records import CRAWL_DIR, CRAWL_SCHEMA, SCORED_DIR, SCORED_SCHEMA, Status, atomic_write_bytes, atomic_write_parquet, emb_name, part_name, table_from_rows
-from shards.phash import phash_of_image
+from common.fileio import atomic_write_bytes, atomic_write_parquet
+from common.layout import CRAWL_DIR, SCORED_DIR, emb_name, part_name
+from common.phash import perceptual_hash
+from common.records import CRAWL_SCHEMA, SCORED_SCHEMA, Status, table_from_rows
 
 _PIL_FORMAT = {"jpg": "JPEG", "png": "PNG", "webp": "WEBP"}
 FETCHED_AT = datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
@@ -38,7 +40,7 @@ def image_record(data: bytes, url: str, fmt: str = "jpg", **fields: Any) -> dict
 
     with Image.open(io.BytesIO(data)) as im:
         width, height = im.size
-        phash = phash_of_image(im)
+        phash = perceptual_hash(im)
     record = {
         "url": url,
         "final_url": url,

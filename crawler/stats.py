@@ -1,0 +1,107 @@
+"""``WORK/crawl/stats.json``: the crawl's counts, from one place.
+
+Counts that describe the data are recomputed from what is on disk, so that runs and
+resumes add up: images by status from the parts, pages by status from the page journals.
+What happened on the way (back-offs, refused private addresses, retries, robots.txt
+Crawl-delays) is counted by the crawl's components in Scrapy's stats collector under
+``capcrawl/...`` and added to the previous runs' totals (``events``). ``this_run`` holds
+the last run's own figures.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from common.fileio import atomic_write_json
+from common.layout import DONE_FILE, STATS_FILE, list_parts
+from common.records import SCHEMA_VERSION, read_columns
+
+#: Prefix of every counter capcrawl's crawl components keep in Scrapy's stats collector.
+PREFIX = "capcrawl/"
+IMAGES = PREFIX + "images/"  # one per row written, by status (for the progress line)
+SKIPPED = PREFIX + "skipped/"  # URLs that are no row, by why (duplicate_url, data_uri)
+CRAWL_DELAY = PREFIX + "crawl_delay/"  # robots.txt Crawl-delay per host
+#: Scrapy's own counters worth keeping as events.
+SCRAPY_EVENTS = ("retry/count", "retry/max_reached", "robotstxt/request_count", "response_received_count")
+
+
+def count_statuses(crawl_dir: Path) -> dict[str, int]:
+    counts: Counter[str] = Counter()
+    for part in list_parts(crawl_dir):
+        counts.update(read_columns(part, ["status"]).column("status").to_pylist())
+    return dict(sorted(counts.items()))
+
+
+def read_stats(crawl_dir: Path) -> dict[str, Any]:
+    path = Path(crawl_dir) / STATS_FILE
+    try:
+        return json.loads(path.read_text()) if path.is_file() else {}
+    except ValueError:
+        return {}
+
+
+def _events(scrapy_stats: dict[str, Any]) -> Counter[str]:
+    events: Counter[str] = Counter()
+    for key, value in scrapy_stats.items():
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            continue
+        if key.startswith(PREFIX) and not key.startswith((IMAGES, SKIPPED, CRAWL_DELAY)):
+            events[key[len(PREFIX):]] += value
+        elif key in SCRAPY_EVENTS:
+            events[key] += value
+    return events
+
+
+def write_crawl_stats(
+    crawl_dir: Path,
+    *,
+    mode: str,
+    pages: dict[str, int],
+    skipped: dict[str, int],
+    pending: int,
+    scrapy_stats: dict[str, Any],
+    finish_reason: str | None,
+    started_at: datetime | None = None,
+    options_digest: str | None = None,
+) -> dict[str, Any]:
+    """Write WORK/crawl/stats.json (and ``_SUCCESS`` when the crawl is complete); return the stats."""
+    previous = read_stats(crawl_dir)
+    images = count_statuses(crawl_dir)
+    this_run = _events(scrapy_stats)
+    events = Counter(previous.get("events", {}))
+    events.update(this_run)
+    delays = dict(previous.get("crawl_delay", {}))
+    delays.update({k[len(CRAWL_DELAY):]: v for k, v in scrapy_stats.items() if k.startswith(CRAWL_DELAY)})
+    now = datetime.now(timezone.utc)
+    complete = finish_reason == "finished" and pending == 0
+    stats = {
+        "schema_version": SCHEMA_VERSION,
+        "mode": mode,
+        "images": images,
+        "images_total": sum(images.values()),
+        "pages": dict(sorted(pages.items())),
+        "skipped": dict(sorted((k, v) for k, v in skipped.items() if v)),
+        "pending": pending,
+        "finish_reason": finish_reason,
+        "complete": complete,
+        "events": dict(sorted(events.items())),
+        "crawl_delay": dict(sorted(delays.items())),
+        "this_run": {
+            "started_at": started_at.isoformat() if started_at else None,
+            "seconds": round((now - started_at).total_seconds(), 3) if started_at else None,
+            "rows_written": sum(v for k, v in scrapy_stats.items() if k.startswith(IMAGES)),
+            "events": dict(sorted(this_run.items())),
+        },
+        "updated_at": now.isoformat(),
+    }
+    atomic_write_json(stats, Path(crawl_dir) / STATS_FILE)
+    done = Path(crawl_dir) / DONE_FILE
+    if complete:
+        atomic_write_json({"finished_at": now.isoformat(), "options": options_digest}, done)
+    else:
+        done.unlink(missing_ok=True)
+    return stats
