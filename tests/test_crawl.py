@@ -580,3 +580,25 @@ def test_scrapy_records_only_at_the_level_asked_for(tmp_path, level):
     assert engine == getattr(logging, level)
     # sorted names: the two download handlers (ERROR), then the retry middleware (CRITICAL)
     assert quiet == ([logging.ERROR, logging.ERROR, logging.CRITICAL] if level == "WARNING" else [logging.INFO] * 3)
+
+
+def test_depth_is_the_shortest_link_distance(tmp_path, site):
+    """A page first reached by a longer path gets its shortest depth when a shorter path turns
+    up, and its links are followed from there: --max-depth never refuses a page within reach."""
+    site.add("/", page('<a href="/target.html">target</a>'), delay=1.5)  # the short path comes late
+    site.add("/deep/start.html", page('<a href="/deep/1.html">on</a>'))
+    site.add("/deep/1.html", page('<a href="/target.html">on</a>'))
+    site.add("/target.html", page('<a href="/leaf.html">leaf</a><img src="/t.jpg" alt="t">'))
+    site.add("/leaf.html", page('<img src="/leaf.jpg" alt="leaf">'))
+    for name in ("/t.jpg", "/leaf.jpg"):
+        site.add(name, jpeg(pattern=len(name)), content_type=IMG)
+    run_cli("crawl", site.url("/deep/start.html"), site.url("/"), "--work", str(tmp_path), "--allow-private-addresses",
+            "--max-depth", "2", check=True)
+    assert site.requested("/leaf.html") == 1, "the leaf is 2 links from a seed"
+    assert site.requested("/target.html") == 1, "a shorter path does not fetch a page again"
+    depth = {}
+    for line in (tmp_path / "crawl" / "pages.jsonl").read_text().splitlines():
+        entry = json.loads(line)
+        depth[entry["url"].removeprefix(site.base)] = entry["depth"]  # the last line wins
+    assert depth == {"/": 0, "/deep/start.html": 0, "/deep/1.html": 1, "/target.html": 1, "/leaf.html": 2}
+    assert by_url(crawl_rows(tmp_path))[site.url("/leaf.jpg")]["status"] == "ok"
