@@ -36,7 +36,7 @@ def check_model(config: FilterConfig) -> None:
     """Fail now, before anything is crawled, when the model's weights cannot be had."""
     from filter.model import resolve_checkpoint, resolve_model_name
 
-    resolve_checkpoint(resolve_model_name(config.model), config.pretrained, config.model_cache_dir)
+    resolve_checkpoint(resolve_model_name(config.model, config.model_cache_dir), config.pretrained, config.model_cache_dir)
 
 
 def crawl_interrupted(stats: dict[str, Any]) -> bool:

@@ -27,6 +27,14 @@ SKIPPED = PREFIX + "skipped/"  # URLs that are no row, by why (duplicate_url, da
 CRAWL_DELAY = PREFIX + "crawl_delay/"  # robots.txt Crawl-delay per host
 #: Scrapy's own counters worth keeping as events.
 SCRAPY_EVENTS = ("retry/count", "retry/max_reached", "robotstxt/request_count", "response_received_count")
+#: Seeds kept in stats.json's ``options`` (their number is kept too): enough for a datasheet.
+SEEDS_RECORDED = 20
+
+
+def run_options(options: dict[str, Any]) -> dict[str, Any]:
+    """The crawl's options for stats.json (``CrawlConfig.to_dict()``): the first seeds and their number."""
+    seeds = list(options.get("seeds") or [])
+    return {**options, "seeds": seeds[:SEEDS_RECORDED], "seed_count": len(seeds)}
 
 
 def count_statuses(crawl_dir: Path) -> dict[str, int]:
@@ -67,6 +75,7 @@ def write_crawl_stats(
     finish_reason: str | None,
     started_at: datetime | None = None,
     options_digest: str | None = None,
+    options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write WORK/crawl/stats.json (and ``_SUCCESS`` when the crawl is complete); return the stats."""
     previous = read_stats(crawl_dir)
@@ -90,6 +99,7 @@ def write_crawl_stats(
         "complete": complete,
         "events": dict(sorted(events.items())),
         "crawl_delay": dict(sorted(delays.items())),
+        "options": run_options(options) if options is not None else previous.get("options"),
         "this_run": {
             "started_at": started_at.isoformat() if started_at else None,
             "seconds": round((now - started_at).total_seconds(), 3) if started_at else None,

@@ -30,16 +30,45 @@ _CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt", ".npz")
 _CONFIG_KEYS = ("embed_dim", "vision_cfg", "text_cfg")
 _COCA_MAX_TRANSFORMERS = (4, 57)
 _PROBE_TIMEOUT_S = 3.0
+HF_HUB_PREFIX = "hf-hub:"
+HF_CONFIG_NAME = "open_clip_config.json"
+#: Weights of an open_clip hub repository, in open_clip's order of preference.
+HF_WEIGHTS_NAMES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 _TEXT_CACHE_SIZE = 200_000
 
 
 # --- resolving --model and --pretrained ---------------------------------------------
 
 
-def resolve_model_name(model: str) -> str:
-    """Return an open_clip model name, registering ``model`` first if it is a config JSON path."""
+def hub_repo(model: str) -> str | None:
+    """``ORG/NAME`` of an ``hf-hub:ORG/NAME`` model name, else None."""
+    if not model.startswith(HF_HUB_PREFIX):
+        return None
+    repo = model[len(HF_HUB_PREFIX):].strip().strip("/")
+    if repo.count("/") != 1 or not all(repo.split("/")):
+        raise ConfigError(f"--model {model} is not of the form hf-hub:ORG/NAME; pass a Hugging Face repository id after hf-hub:")
+    return repo
+
+
+def resolve_model_name(model: str, cache_dir: str | None = None) -> str:
+    """Return an open_clip model name, registering ``model`` first if it is a config JSON path.
+
+    ``hf-hub:ORG/NAME`` stays as it is, once its ``open_clip_config.json`` is in the local
+    Hugging Face cache (fetched into it when the hub can be reached and HF_HUB_OFFLINE is unset).
+    """
     import open_clip
 
+    repo = hub_repo(model)
+    if repo is not None:
+        path = hub_file(repo, (HF_CONFIG_NAME,), cache_dir, "model config")
+        try:
+            cfg = json.loads(Path(path).read_text()).get("model_cfg")
+        except (OSError, ValueError, AttributeError) as e:
+            raise ConfigError(f"--model {model}: its {HF_CONFIG_NAME} is not readable JSON; fix or re-download the repository") from e
+        if not isinstance(cfg, dict) or not all(k in cfg for k in _CONFIG_KEYS):
+            raise ConfigError(f"--model {model}: its {HF_CONFIG_NAME} has no model_cfg with {', '.join(_CONFIG_KEYS)}; "
+                              "pass an open_clip repository")
+        return model
     if model.endswith(".json") or os.path.sep in model:
         path = Path(model)
         try:
@@ -56,7 +85,7 @@ def resolve_model_name(model: str) -> str:
     if model not in open_clip.list_models():
         raise ConfigError(
             f"unknown --model {model!r}; pass an open_clip architecture name such as ViT-B-32 "
-            "(see open_clip.list_models()) or a path to a model-config JSON"
+            "(see open_clip.list_models()), hf-hub:ORG/NAME or a path to a model-config JSON"
         )
     return model
 
@@ -103,6 +132,44 @@ def _cached_tag_file(tag_cfg: dict, cache_dir: str | None) -> str | None:
     return str(local) if url and local.is_file() else None
 
 
+def _cached_hub_file(repo: str, names: Sequence[str], cache_dir: str | None) -> str | None:
+    """The first of ``names`` that the local Hugging Face cache holds for ``repo``."""
+    from huggingface_hub import hf_hub_download
+
+    for name in names:
+        try:
+            return hf_hub_download(repo, name, cache_dir=cache_dir, local_files_only=True)
+        except Exception:  # noqa: BLE001 - any hub error here just means "not cached"
+            continue
+    return None
+
+
+def hub_file(repo: str, names: Sequence[str], cache_dir: str | None, what: str) -> str:
+    """A local copy of one of ``names`` from hub repository ``repo``: the cache's, else downloaded.
+
+    Offline (HF_HUB_OFFLINE) or with the hub unreachable, a file missing from the cache is one
+    ConfigError sentence, as for pretrained tags.
+    """
+    cached = _cached_hub_file(repo, names, cache_dir)
+    if cached:
+        return cached
+    hint = (f"cannot get the {what} of hf-hub:{repo} ({{why}}); copy the repository into the Hugging Face cache "
+            "(e.g. huggingface-cli download on a machine with network), or run once with network access")
+    if _hf_offline():
+        raise ConfigError(hint.format(why="HF_HUB_OFFLINE is set and it is not in the local cache"))
+    if not _reachable("https://huggingface.co"):
+        raise ConfigError(hint.format(why="huggingface.co is unreachable and it is not cached"))
+    from huggingface_hub import hf_hub_download
+
+    last: Exception | None = None
+    for name in names:
+        try:
+            return hf_hub_download(repo, name, cache_dir=cache_dir)
+        except Exception as e:  # noqa: BLE001 - hub errors come in many types; all mean "not there"
+            last = e
+    raise ConfigError(hint.format(why=f"download failed: {type(last).__name__}"))
+
+
 def resolve_checkpoint(name: str, pretrained: str | None, cache_dir: str | None = None) -> tuple[str | None, dict]:
     """Map ``--pretrained`` to a local checkpoint file (downloading a tag if possible).
 
@@ -120,6 +187,9 @@ def resolve_checkpoint(name: str, pretrained: str | None, cache_dir: str | None 
             f"checkpoint file {pretrained} does not exist; pass an existing checkpoint file or an open_clip "
             f"pretrained tag for {name} to --pretrained"
         )
+    repo = hub_repo(name)
+    if repo is not None:  # the repository's own weights; a tag means nothing for it
+        return hub_file(repo, HF_WEIGHTS_NAMES, cache_dir, "weights"), {}
     tag_cfg = open_clip.get_pretrained_cfg(name, pretrained)
     if not tag_cfg:
         tags = ", ".join(open_clip.list_pretrained_tags_by_model(name)) or "none known"
@@ -260,21 +330,30 @@ def load_model(
     """Create the model once, in eval mode, or raise a one-sentence ConfigError."""
     import open_clip
 
-    name = resolve_model_name(model)
+    name = resolve_model_name(model, cache_dir)
     dev = resolve_device(device)
     amp = autocast_dtype(precision, dev)
     checkpoint, overrides = resolve_checkpoint(name, pretrained, cache_dir)
     try:
-        net, _, preprocess = open_clip.create_model_and_transforms(
-            name, pretrained=checkpoint, device=dev, pretrained_text=False, **overrides
-        )
+        if hub_repo(name) is not None:
+            # open_clip would load the hub's weights itself (and carry on with random ones if they are
+            # missing); the checkpoint resolved above, or none, is loaded here instead
+            net, _, preprocess = open_clip.create_model_and_transforms(
+                name, load_weights=False, device=dev, pretrained_text=False, cache_dir=cache_dir, **overrides
+            )
+            if checkpoint is not None:
+                open_clip.load_checkpoint(net, checkpoint, device=dev)
+        else:
+            net, _, preprocess = open_clip.create_model_and_transforms(
+                name, pretrained=checkpoint, device=dev, pretrained_text=False, **overrides
+            )
     except Exception as e:  # noqa: BLE001 - torch.load/state-dict errors come in many types
         raise ConfigError(
             f"cannot load {checkpoint or 'random weights'} into {name} ({type(e).__name__}); pass a checkpoint "
             "saved for this exact architecture to --pretrained"
         ) from e
     try:
-        tokenizer = open_clip.get_tokenizer(name)
+        tokenizer = open_clip.get_tokenizer(name, cache_dir=cache_dir)
     except Exception as e:  # noqa: BLE001
         raise ConfigError(f"cannot build the tokenizer of {name} ({type(e).__name__}); use a model with a local tokenizer") from e
     projection = getattr(getattr(net, "text_decoder", None), "text_projection", None)

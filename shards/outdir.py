@@ -5,6 +5,7 @@
     OUT/dedup_log/run-00000.parquet                    every sample a shards run dropped, why, and what it duplicates
     OUT/blocklist.jsonl  OUT/removals.jsonl            takedowns (see shards.blocklist, shards.remove)
     OUT/manifest.json                                  run-level sums
+    OUT/README.md                                      the dataset card (shards.card): `datasets` reads it; the datasheet
     OUT/.capcrawl.lock                                 held (flock) while a command writes OUT
 
 A shard exists when its ``.tar`` exists: new shards rename the tar last, so a

@@ -26,6 +26,7 @@ import pyarrow.parquet as pq
 from common.fileio import atomic_write_parquet, publish
 from common.records import DropReason
 from shards.blocklist import Blocklist, parse_takedown
+from shards.card import write_card
 from shards.config import RemoveConfig
 from shards.manifest import update_manifest
 from shards.outdir import (
@@ -143,5 +144,6 @@ def run_remove(config: RemoveConfig) -> dict[str, Any]:
             "near_dup_distance": config.near_dup_distance,
         }
         manifest = update_manifest(out, removal=removal)
+        write_card(out, manifest)
     log.info("remove: %d sample(s) removed from %d shard(s)", len(log_records), len(rewritten))
     return manifest

@@ -20,6 +20,7 @@ from common.fileio import atomic_write_parquet
 from common.layout import CRAWL_DIR, SCORED_DIR, STATS_FILE
 from common.records import DropReason
 from shards.blocklist import Blocklist
+from shards.card import write_card
 from shards.config import ShardsConfig
 from shards.dedup import KEPT, HashSet, Verdicts, deduplicate, priority_rank
 from shards.inputs import PART_COLUMN, ROW_COLUMN, Candidates, embedding_dim, iter_rows, load_candidates
@@ -241,5 +242,6 @@ def run_shards(config: ShardsConfig) -> dict[str, Any]:
             "dedup_log": str(log_path.relative_to(config.out)) if log_path else None,
         }
         manifest = update_manifest(config.out, run=run)
+        write_card(config.out, manifest)
     log.info("shards: %d written to %d new shard(s), %d dropped", written, len(writer.written), sum(run["stages"]["shards"]["dropped"].values()))
     return manifest

@@ -115,6 +115,7 @@ class ImagesSpider(scrapy.Spider):
             finish_reason=reason,
             started_at=self.started_at,
             options_digest=digest(self.config),
+            options=self.config.to_dict(),
         )
 
     def write_page_counts(self) -> None:
