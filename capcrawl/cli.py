@@ -67,6 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("remove", help="apply a takedown list to existing shards")
     add_options(p, RemoveConfig)
 
+    p = sub.add_parser("report", help="write OUT/report/index.html: what was crawled, kept and dropped, with thumbnails")
+    p.add_argument("out", metavar="OUT", help="the OUT of an earlier `capcrawl shards` or `capcrawl run`")
+    p.add_argument("--work", help="the run's WORK (default: the one recorded in OUT/manifest.json, if it still exists)")
+
     p = sub.add_parser("demo", help="build a demo site on loopback and run the whole pipeline on it, offline")
     p.add_argument("--dir", default="capcrawl-demo", help="where the demo writes (default %(default)s)")
     p.add_argument("--model-cache", help="where the tiny model is trained/cached (default DIR/model)")
@@ -126,6 +130,13 @@ def cmd_remove(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import write_report
+
+    print(f"report: {write_report(args.out, args.work)}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -149,6 +160,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "shards": cmd_shards,
     "run": cmd_run,
     "remove": cmd_remove,
+    "report": cmd_report,
     "demo": cmd_demo,
 }
 

@@ -158,4 +158,6 @@ def run_demo(directory: Path, quiet: bool = False, model_cache: Path | None = No
         return result.code
     print_samples(out)
     print(f"\ncrawl records: {work / 'crawl'}\nscored records: {work / 'scored'}\nshards: {out}")
+    print(f"dataset card: {out / 'README.md'}")
+    print(f"\nOpen the report in a browser: {result.report.as_uri()}")
     return 0

@@ -30,6 +30,7 @@ class PipelineResult:
     filter: dict[str, Any] | None
     manifest: dict[str, Any] | None
     code: int
+    report: Path | None = None  # OUT/report/index.html
 
 
 def check_model(config: FilterConfig) -> None:
@@ -72,4 +73,8 @@ def run_pipeline(
     manifest = shards.run(shards_config)
     if not quiet:
         print_shards_summary(manifest, Path(shards_config.out))
-    return PipelineResult(stats, fstats, manifest, 0)
+    from .report import write_report
+
+    report = write_report(shards_config.out, shards_config.work)
+    print(f"\nreport: {report}")
+    return PipelineResult(stats, fstats, manifest, 0, report)

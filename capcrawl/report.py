@@ -119,10 +119,6 @@ def _read(path: Path, columns: Iterable[str]) -> pa.Table:
     return pq.ParquetFile(path).read(columns=[c for c in columns if c in names])
 
 
-def _col(row: dict[str, Any], name: str) -> Any:
-    return row.get(name)
-
-
 def spread(n: int, k: int) -> list[int]:
     """``k`` indices spread evenly over ``range(n)`` (all of them when ``n <= k``)."""
     if n <= k:
@@ -261,7 +257,7 @@ def dropped_entries(out: Path, manifest: dict[str, Any], work: Path | None, no_f
     entries = []
     for part, i, r, reason in chosen:
         info = {**details.get((part, i), {}), **r} if part is not None else r
-        dup = r.get("duplicate_of_key")
+        dup = r.get("duplicate_of_key") or r.get("duplicate_of_url")
         entries.append(Entry(info.get("caption"), info.get("caption_source"), info.get("clip_score"), info.get("license"),
                              info.get("url"), info.get("page_url"), reason=reason,
                              detail=f"duplicate of {dup}" if dup else r.get("detail"),
@@ -367,7 +363,7 @@ main { max-width:1280px; margin:0 auto; padding:8px 28px 40px; }
 section { background:#fff; border:1px solid var(--line); border-radius:8px; padding:16px 20px; margin:18px 0; }
 h2 { margin:0 0 12px; font-size:17px; }
 h3 { margin:14px 0 8px; font-size:14px; color:var(--muted); }
-.cards { display:grid; grid-template-columns:repeat(auto-fill, minmax(150px, 1fr)); gap:10px; }
+.cards { display:grid; grid-template-columns:repeat(auto-fill, minmax(128px, 1fr)); gap:10px; }
 .card { border:1px solid var(--line); border-radius:6px; padding:10px 12px; background:#fbfcfd; }
 .card b { display:block; font-size:22px; }
 .card span { color:var(--muted); font-size:12px; }
@@ -375,7 +371,7 @@ h3 { margin:14px 0 8px; font-size:14px; color:var(--muted); }
 table { border-collapse:collapse; width:100%; font-size:13px; }
 th, td { text-align:left; padding:4px 8px; border-bottom:1px solid var(--line); vertical-align:top; }
 th { color:var(--muted); font-weight:600; }
-td.n { text-align:right; font-variant-numeric:tabular-nums; white-space:nowrap; }
+td.n, th.n { text-align:right; font-variant-numeric:tabular-nums; white-space:nowrap; width:1%; padding-left:16px; }
 .bar { height:10px; background:var(--accent); border-radius:2px; min-width:1px; }
 .bar.kept { background:var(--kept); } .bar.drop { background:var(--drop); }
 .hists { display:grid; grid-template-columns:repeat(auto-fill, minmax(330px, 1fr)); gap:14px; }
@@ -409,7 +405,7 @@ def counts_table(counts: dict[str, Any], label: str, bar: str = "") -> str:
         return "<p class='note'>none</p>"
     top = max(v for _, v in items) or 1
     rows = "".join(f"<tr><td>{_e(k)}</td><td class='n'>{_n(v)}</td>"
-                   f"<td style='width:40%'><div class='bar {bar}' style='width:{100 * v / top:.1f}%'></div></td></tr>"
+                   f"<td style='width:45%'><div class='bar {bar}' style='width:{100 * v / top:.1f}%'></div></td></tr>"
                    for k, v in items)
     return f"<table><tr><th>{_e(label)}</th><th class='n'>count</th><th></th></tr>{rows}</table>"
 
@@ -480,7 +476,7 @@ def _link(url: str | None, text: str) -> str:
 def figure(e: Entry, kind: str) -> str:
     """One gallery tile: thumbnail (or why there is none), caption, source, score, licence, links."""
     if e.thumb:
-        pic = f"<img class='thumb' data-kind='{kind}' src='{THUMB_DIR}/{_e(e.thumb)}' alt='{_e(e.caption)}' loading='lazy'>"
+        pic = f"<img class='thumb' data-kind='{kind}' src='{THUMB_DIR}/{_e(e.thumb)}' alt='{_e(e.caption)}' width='128' height='128'>"
     else:
         pic = f"<div class='noimg'>{_e('not shown: ' + e.withheld if e.withheld else 'no image')}</div>"
     score = f"{e.score:.3f}" if isinstance(e.score, (int, float)) else "no score"

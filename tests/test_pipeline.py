@@ -110,3 +110,5 @@ def test_demo_runs_end_to_end_offline(tmp_path, tiny_cache, tiny):
         names = tar.getnames()
     assert names and any(n.endswith(".txt") for n in names)
     assert "samples from" in proc.stdout and "caption=" in proc.stdout
+    report = tmp_path / "demo" / "shards" / "report" / "index.html"
+    assert proc.stdout.strip().splitlines()[-1] == f"Open the report in a browser: {report.as_uri()}" and report.is_file()
