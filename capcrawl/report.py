@@ -379,7 +379,7 @@ td.n, th.n { text-align:right; font-variant-numeric:tabular-nums; white-space:no
 .hist h3 { margin:0 0 4px; }
 .legend i { display:inline-block; width:10px; height:10px; margin:0 4px 0 10px; border-radius:2px; }
 .gallery { display:grid; grid-template-columns:repeat(auto-fill, minmax(150px, 1fr)); gap:12px; }
-figure { margin:0; border:1px solid var(--line); border-radius:6px; padding:8px; background:#fbfcfd; font-size:12px; }
+figure { margin:0; border:1px solid var(--line); border-radius:6px; padding:8px; background:#fbfcfd; font-size:12px; overflow-wrap:anywhere; }
 figure img, figure .noimg { display:block; width:128px; height:128px; object-fit:contain; margin:0 auto 6px; background:#eef1f5; }
 figure .noimg { display:flex; align-items:center; justify-content:center; color:var(--muted); text-align:center; padding:6px; }
 figcaption .cap { font-weight:600; display:-webkit-box; -webkit-line-clamp:3; -webkit-box-orient:vertical; overflow:hidden; }
@@ -442,27 +442,29 @@ def histogram_svg(kept: list[float], dropped: list[float], threshold: float | No
 
     bk, bd = bins(kept), bins(dropped)
     top = max(bk + bd + [1])
-    pad_l, pad_b, plot_h = 28, 18, height - 24
-    bw = (width - pad_l - 4) / HIST_BINS
-    parts = [f"<svg viewBox='0 0 {width} {height}' width='{width}' height='{height}' role='img' "
-             f"aria-label='CLIP score histogram'><rect x='0' y='0' width='{width}' height='{height}' fill='#fff'/>"]
+    pad_l, pad_t, pad_b = 28, 16, 18  # room for the axis labels and the threshold's label
+    plot_h, plot_w = height - pad_t - pad_b, width - pad_l - 4
+    bw = plot_w / HIST_BINS
+    parts = [f"<svg viewBox='0 0 {width} {height}' width='100%' role='img' aria-label='CLIP score histogram'>"
+             f"<rect x='0' y='0' width='{width}' height='{height}' fill='#fff'/>"]
+    base = pad_t + plot_h
     for i in range(HIST_BINS):
         x = pad_l + i * bw
         for j, (count, colour) in enumerate(((bk[i], "#2f8f4e"), (bd[i], "#c4443b"))):
             h = plot_h * count / top
             if count:
-                parts.append(f"<rect x='{x + j * bw / 2:.1f}' y='{4 + plot_h - h:.1f}' width='{bw / 2 - 0.5:.1f}' "
+                parts.append(f"<rect x='{x + j * bw / 2:.1f}' y='{base - h:.1f}' width='{bw / 2 - 0.5:.1f}' "
                              f"height='{h:.1f}' fill='{colour}'><title>{lo + i * step:.2f}-{lo + (i + 1) * step:.2f}: "
                              f"{count} {'kept' if j == 0 else 'dropped'}</title></rect>")
-    base = 4 + plot_h
     parts.append(f"<line x1='{pad_l}' y1='{base}' x2='{width - 4}' y2='{base}' stroke='#888'/>")
-    parts.append(f"<text x='{pad_l - 4}' y='12' font-size='10' text-anchor='end' fill='#5b6475'>{top}</text>")
+    parts.append(f"<text x='{pad_l - 4}' y='{pad_t + 8}' font-size='10' text-anchor='end' fill='#5b6475'>{top}</text>")
     parts.append(f"<text x='{pad_l}' y='{height - 4}' font-size='10' fill='#5b6475'>{lo:.1f}</text>")
     parts.append(f"<text x='{width - 4}' y='{height - 4}' font-size='10' text-anchor='end' fill='#5b6475'>{hi:.1f}</text>")
     if threshold is not None:
-        tx = pad_l + (threshold - lo) / (hi - lo) * (width - pad_l - 4)
-        parts.append(f"<line x1='{tx:.1f}' y1='2' x2='{tx:.1f}' y2='{base}' stroke='#1d2330' stroke-dasharray='3,2'/>"
-                     f"<text x='{tx + 3:.1f}' y='12' font-size='10' fill='#1d2330'>threshold {threshold:g}</text>")
+        tx = pad_l + (threshold - lo) / (hi - lo) * plot_w
+        anchor = "end" if tx > pad_l + 0.7 * plot_w else "start"
+        parts.append(f"<line x1='{tx:.1f}' y1='{pad_t - 2}' x2='{tx:.1f}' y2='{base}' stroke='#1d2330' stroke-dasharray='3,2'/>"
+                     f"<text x='{tx:.1f}' y='11' font-size='10' text-anchor='{anchor}' fill='#1d2330'>threshold {threshold:g}</text>")
     parts.append("</svg>")
     return "".join(parts)
 
