@@ -126,7 +126,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_remove(args: argparse.Namespace) -> int:
     import shards
 
-    print_removal_summary(shards.remove(from_namespace(RemoveConfig, args)))
+    config = from_namespace(RemoveConfig, args)
+    print_removal_summary(shards.remove(config))
+    if (config.out / "report").is_dir():  # a report must not keep showing what was taken down
+        from .report import write_report
+
+        print(f"report: {write_report(config.out)}")
     return 0
 
 

@@ -10,8 +10,9 @@ the counts the manifest keeps, the kept samples, and the dropped ones without pi
 Thumbnails are :data:`THUMB_PX` px JPEGs of a bounded sample: :data:`KEPT_THUMBS` kept samples
 spread evenly over the shards, and :data:`DROPPED_THUMBS` dropped rows taken in turn from each
 reason, so that every reason shows and the report stays a few hundred kilobytes however large
-the dataset. Samples taken down (``blocklisted``) and dropped rows with detected faces are
-listed without a picture: the report is often shared, and it must not republish them.
+the dataset. Rows OUT's blocklist matches, duplicates of samples taken down, and dropped rows
+with detected faces are listed without a picture: the report is often shared, and it must not
+republish them (``capcrawl remove`` rewrites an existing report for the same reason).
 
 The report is built in a temporary directory beside ``OUT/report`` and renamed into place.
 """
@@ -38,8 +39,8 @@ import pyarrow.parquet as pq
 from common.errors import ConfigError
 from common.layout import CRAWL_DIR, SCORED_DIR, list_parts
 from common.records import DropReason, Status
-from shards.card import licence_counts, respected_counts
-from shards.outdir import DEDUP_LOG_DIR, MANIFEST_FILE, list_shards, parquet_path, read_json, tar_path
+from shards.card import flat_counts, licence_counts, respected_counts
+from shards.outdir import DEDUP_LOG_DIR, MANIFEST_FILE, REMOVALS_FILE, list_shards, parquet_path, read_json, tar_path
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +53,8 @@ TOP_HOSTS = 15
 HIST_BINS = 20
 _IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".gif")
 _SAMPLE_COLUMNS = ("key", "url", "page_url", "caption", "caption_source", "clip_score", "license", "width", "height")
-_ROW_COLUMNS = ("url", "page_url", "caption", "caption_source", "clip_score", "kept", "filter_reason", "license",
-                "status", "face_bboxes")
+_ROW_COLUMNS = ("url", "final_url", "page_url", "caption", "caption_source", "clip_score", "kept", "filter_reason",
+                "license", "status", "face_bboxes", "sha256", "phash")
 #: Respect and safety statuses, then the groups of the rest (README "Image statuses").
 _STATUS_GROUPS = (
     ("refused: respect and safety", {s.value for s in (Status.ROBOTS, Status.NOAI, Status.TDMREP, Status.CONTENT_USAGE,
@@ -247,23 +248,52 @@ def dropped_entries(out: Path, manifest: dict[str, Any], work: Path | None, no_f
         candidates[r["reason"]].append((part, i, r, r["reason"]))
     total = sum(len(v) for v in candidates.values())
     chosen = round_robin(candidates, limit)
-    wanted: dict[Path, set[int]] = defaultdict(set)
-    for part, i, r, reason in chosen:
-        if part is not None and i is not None and not _withheld(r, reason):
-            wanted[part].add(int(i))
-    images = part_images(wanted)
     # rows of the dedup log carry no caption: read them from the part
     details = _part_details({(p, int(i)) for p, i, r, _ in chosen if p is not None and i is not None and "caption" not in r})
+    infos = [{**details.get((p, i), {}), **r} if p is not None else r for p, i, r, _ in chosen]
+    taken_down = _taken_down(out, infos)
+    withheld = [_withheld(info, reason) or ("taken down" if blocked else None)
+                for info, (_, _, _, reason), blocked in zip(infos, chosen, taken_down)]
+    wanted: dict[Path, set[int]] = defaultdict(set)
+    for (part, i, _, _), why in zip(chosen, withheld):
+        if part is not None and i is not None and why is None:
+            wanted[part].add(int(i))
+    images = part_images(wanted)
     entries = []
-    for part, i, r, reason in chosen:
-        info = {**details.get((part, i), {}), **r} if part is not None else r
+    for (part, i, r, reason), info, why in zip(chosen, infos, withheld):
         dup = r.get("duplicate_of_key") or r.get("duplicate_of_url")
         entries.append(Entry(info.get("caption"), info.get("caption_source"), info.get("clip_score"), info.get("license"),
                              info.get("url"), info.get("page_url"), reason=reason,
                              detail=f"duplicate of {dup}" if dup else r.get("detail"),
                              image=images.get((part, int(i))) if part is not None and i is not None else None,
-                             withheld=_withheld(info, reason) or (None if part is not None else "WORK not available")))
+                             withheld=why or (None if part is not None else "WORK not available")))
     return total, entries, scores
+
+
+def _taken_down(out: Path, infos: list[dict[str, Any]]) -> list[bool]:
+    """Per row: matched by OUT's blocklist, or a duplicate of a sample that was taken down."""
+    from shards.blocklist import Blocklist
+
+    columns = ("url", "final_url", "page_url", "sha256", "phash")
+    table = pa.table({c: pa.array([info.get(c) for info in infos], pa.string()) for c in columns})
+    blocked = Blocklist.load(out).match(table)
+    removed = removed_keys(out)
+    return [b is not None or info.get("duplicate_of_key") in removed for b, info in zip(blocked, infos)]
+
+
+def removed_keys(out: Path) -> set[str]:
+    """Keys of the samples ``capcrawl remove`` took out of OUT."""
+    import json
+
+    keys: set[str] = set()
+    path = out / REMOVALS_FILE
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                keys.add(json.loads(line)["key"])
+            except (ValueError, KeyError, TypeError):
+                continue
+    return keys
 
 
 def _part_details(wanted: set[tuple[Path, int]]) -> dict[tuple[Path, int], dict[str, Any]]:
@@ -566,15 +596,7 @@ def _filter_section(data: ReportData, not_kept: dict[str, int], threshold: float
 
 
 def _respect_table(respected: dict[str, Any]) -> str:
-    flat: dict[str, Any] = {}
-    for k, v in respected.items():
-        if isinstance(v, dict):
-            for kk, vv in v.items():
-                if isinstance(vv, (int, float)) and vv:
-                    flat[f"{k} ({kk})"] = vv
-        elif isinstance(v, (int, float)):
-            flat[k] = v
-    return counts_table(flat, "signal", "drop")
+    return counts_table(flat_counts(respected), "signal", "drop")
 
 
 def _hosts_table(hosts: list[tuple[str, int, int, int]]) -> str:

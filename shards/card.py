@@ -173,6 +173,18 @@ def respected_counts(manifest: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def flat_counts(d: dict[str, Any], prefix: str = "") -> dict[str, int | float]:
+    """Nested counts as ``{"a / b": n}`` (non-numbers and zeros left out), for tables."""
+    out: dict[str, int | float] = {}
+    for k, v in d.items():
+        name = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flat_counts(v, f"{name} / "))
+        elif isinstance(v, (int, float)) and not isinstance(v, bool) and v:
+            out[name] = v
+    return out
+
+
 def size_category(n: int) -> str:
     return next((name for limit, name in _SIZE_CATEGORIES if n < limit), "n>1B")
 
@@ -280,13 +292,7 @@ def _honoured(manifest: dict[str, Any]) -> list[str]:
              "Images whose site said no were never fetched or never kept: robots.txt (pages and images), `noai`/`noimageai` "
              "in meta robots or `X-Robots-Tag`, TDMRep, AI-usage preferences, `ai.txt`; hosts on private addresses were "
              "refused; takedown requests are applied to the shards and blocklisted for later runs.", ""]
-    rows = []
-    for key, value in respected.items():
-        if isinstance(value, dict):
-            rows.append((key, ", ".join(f"{k} {v}" for k, v in value.items())))
-        else:
-            rows.append((key, value))
-    lines += _table(rows, ("signal", "count"))
+    lines += _table(flat_counts(respected).items(), ("signal", "count"))
     removed = sum((totals.get("removed") or {}).values())
     lines.append(f"- Takedowns: {removed} sample(s) removed after publication"
                  f" ({len(manifest.get('removals') or [])} takedown request file(s) applied).")

@@ -114,7 +114,7 @@ def test_report_of_a_run(synthetic_run):
     assert "threshold 0.28" in html and "alt: 21 kept, 2 dropped" in html  # the filter's kept include the copies
     # licences, respect, hosts
     assert re.search(r"<td>CC-BY-4.0</td><td class='n'>33</td>", html) and re.search(r"<td>CC0-1.0</td><td class='n'>17</td>", html)
-    assert re.search(r"<td>robots \(images\)</td><td class='n'>2</td>", html)
+    assert re.search(r"<td>robots / images</td><td class='n'>2</td>", html)
     assert "<td>a.example</td>" in html and "<td>b.example</td>" in html
     # a second report replaces the first and leaves nothing behind
     write_report(out, work)
@@ -147,6 +147,17 @@ def test_report_command(synthetic_run, tmp_path):
     assert "WORK: " + str(work) in (out / REPORT_DIR / "index.html").read_text()
     proc = run_cli("report", str(tmp_path / "nothing"))
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    # a takedown rewrites the report: the removed sample is no longer shown
+    assert "<div class='meta'>000000000</div>" in (out / REPORT_DIR / "index.html").read_text()
+    takedown = tmp_path / "takedown.txt"
+    takedown.write_text(f"{HOSTS[0]}/img/0.jpg\n")
+    proc = run_cli("remove", str(out), "--takedown", str(takedown), check=True)
+    assert f"report: {out / REPORT_DIR / 'index.html'}" in proc.stdout
+    html = (out / REPORT_DIR / "index.html").read_text()
+    assert "<div class='meta'>000000000</div>" not in html and f"{HOSTS[0]}/img/0.jpg'" not in html
+    # nor its copy under another URL, dropped earlier as its duplicate
+    assert html.count("not shown: taken down") == 1 and "duplicate of 000000000" in html
+    assert re.search(r"<td>blocklisted</td><td class='n'>1</td>", html)
 
 
 # --- in a real browser ---------------------------------------------------------------------------
