@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import html
 import io
+import json
 import logging
 import math
 import shutil
@@ -31,9 +32,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable
-from urllib.parse import urlsplit
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from common.errors import ConfigError
@@ -97,7 +99,7 @@ class ReportData:
     kept: list[Entry] = field(default_factory=list)
     dropped: list[Entry] = field(default_factory=list)
     dropped_total: int = 0
-    scores: dict[str, dict[str, list[float]]] = field(default_factory=dict)  # source -> kept/dropped -> scores
+    scores: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # source -> kept/dropped -> scores
     hosts: list[tuple[str, int, int, int]] = field(default_factory=list)  # host, found, ok, samples
     licences: dict[str, int] = field(default_factory=dict)
 
@@ -120,6 +122,11 @@ def _read(path: Path, columns: Iterable[str]) -> pa.Table:
     return pq.ParquetFile(path).read(columns=[c for c in columns if c in names])
 
 
+def _column(table: pa.Table, name: str, type_: pa.DataType = pa.string()) -> pa.ChunkedArray:
+    """A column of ``table``, or nulls when an older file lacks it."""
+    return table.column(name) if name in table.column_names else pa.chunked_array([pa.nulls(table.num_rows, type_)])
+
+
 def spread(n: int, k: int) -> list[int]:
     """``k`` indices spread evenly over ``range(n)`` (all of them when ``n <= k``)."""
     if n <= k:
@@ -127,25 +134,51 @@ def spread(n: int, k: int) -> list[int]:
     return sorted({int(i * n / k) for i in range(k)})
 
 
-def kept_samples(out: Path, limit: int) -> tuple[int, list[Entry], dict[str, dict[str, list[float]]]]:
-    """Total samples in OUT, a spread of them with images from the tars, and their scores by caption source."""
+class Scores:
+    """CLIP scores per caption source, kept and dropped, gathered a column at a time."""
+
+    def __init__(self) -> None:
+        self._parts: dict[str, dict[str, list[np.ndarray]]] = defaultdict(lambda: {"kept": [], "dropped": []})
+
+    def add(self, table: pa.Table, kept: np.ndarray) -> None:
+        """Add the scored rows of ``table`` (columns caption_source, clip_score); ``kept`` per row."""
+        score = _column(table, "clip_score", pa.float32())
+        valid = pc.is_valid(score).to_numpy(zero_copy_only=False)
+        values = pc.fill_null(score, 0.0).to_numpy(zero_copy_only=False).astype(np.float64)
+        sources = np.array(pc.fill_null(_column(table, "caption_source"), "none").to_pylist() if table.num_rows else [], dtype=object)
+        for src in set(sources[valid].tolist()):
+            mine = valid & (sources == src)
+            self._parts[src]["kept"].append(values[mine & kept])
+            self._parts[src]["dropped"].append(values[mine & ~kept])
+
+    def by_source(self) -> dict[str, dict[str, np.ndarray]]:
+        """source -> kept/dropped -> all its scores, most scored source first."""
+        out = {src: {k: np.concatenate(v) if v else np.zeros(0) for k, v in d.items()} for src, d in self._parts.items()}
+        return dict(sorted(out.items(), key=lambda kv: -(kv[1]["kept"].size + kv[1]["dropped"].size)))
+
+
+def kept_samples(out: Path, limit: int, scores: Scores) -> tuple[int, list[Entry]]:
+    """Total samples in OUT and a spread of ``limit`` of them with their images; adds their scores to ``scores``."""
+    shards = [n for n in list_shards(out) if parquet_path(out, n).is_file()]
+    sizes = [pq.ParquetFile(parquet_path(out, n)).metadata.num_rows for n in shards]
+    offsets = np.cumsum([0] + sizes)
+    picked: dict[str, list[int]] = defaultdict(list)
+    for g in spread(int(offsets[-1]), limit):
+        s = int(np.searchsorted(offsets, g, side="right")) - 1
+        picked[shards[s]].append(g - int(offsets[s]))
     rows: list[tuple[str, dict[str, Any]]] = []
-    for name in list_shards(out):
-        path = parquet_path(out, name)
-        if path.is_file():
-            rows.extend((name, r) for r in _read(path, _SAMPLE_COLUMNS).to_pylist())
-    scores: dict[str, dict[str, list[float]]] = defaultdict(lambda: {"kept": [], "dropped": []})
-    for _, r in rows:
-        if r.get("clip_score") is not None:
-            scores[r.get("caption_source") or "none"]["kept"].append(float(r["clip_score"]))
-    chosen = [rows[i] for i in spread(len(rows), limit)]
+    for name in shards:
+        table = _read(parquet_path(out, name), _SAMPLE_COLUMNS)
+        scores.add(table, np.ones(table.num_rows, dtype=bool))
+        if picked.get(name):
+            rows.extend((name, r) for r in table.take(pa.array(picked[name], pa.int64())).to_pylist())
     wanted: dict[str, set[str]] = defaultdict(set)
-    for shard, r in chosen:
+    for shard, r in rows:
         wanted[shard].add(r["key"])
     images = tar_images(out, wanted)
     entries = [Entry(r.get("caption"), r.get("caption_source"), r.get("clip_score"), r.get("license"), r.get("url"),
-                     r.get("page_url"), detail=r["key"], image=images.get(r["key"])) for _, r in chosen]
-    return len(rows), entries, dict(scores)
+                     r.get("page_url"), detail=r["key"], image=images.get(r["key"])) for _, r in rows]
+    return int(offsets[-1]), entries
 
 
 def tar_images(out: Path, wanted: dict[str, set[str]]) -> dict[str, bytes]:
@@ -171,37 +204,56 @@ def _withheld(row: dict[str, Any], reason: str | None) -> str | None:
     return None
 
 
-def filter_rows(work: Path, no_filter: bool) -> tuple[list[tuple[Path, int, dict[str, Any]]], dict[str, dict[str, list[float]]]]:
-    """Rows the filter did not keep (part, row, record) and every scored row's score by source, kept or not."""
-    dropped: list[tuple[Path, int, dict[str, Any]]] = []
-    scores: dict[str, dict[str, list[float]]] = defaultdict(lambda: {"kept": [], "dropped": []})
-    if no_filter:
-        return dropped, {}
+#: A dropped row: its part (None when the part is not at hand), its row there, what is known of it, its reason.
+Dropped = tuple[Path | None, int | None, dict[str, Any], str]
+
+
+@dataclass
+class DroppedRows:
+    """Dropped rows by reason: every one counted, the first ``limit`` of each kept for the gallery."""
+
+    limit: int
+    counts: Counter = field(default_factory=Counter)
+    first: dict[str, list[Dropped]] = field(default_factory=lambda: defaultdict(list))
+
+    def room(self, reason: str) -> int:
+        return self.limit - len(self.first[reason])
+
+
+def filter_rows(work: Path, dropped: DroppedRows, scores: Scores) -> None:
+    """Rows the filter did not keep, and every scored row's score, from WORK's scored parts."""
     for part in list_parts(work / SCORED_DIR):
-        for i, r in enumerate(_read(part, _ROW_COLUMNS).to_pylist()):
-            if r.get("clip_score") is not None:
-                scores[r.get("caption_source") or "none"]["kept" if r.get("kept") else "dropped"].append(float(r["clip_score"]))
-            if not r.get("kept"):
-                dropped.append((part, i, r))
-    return dropped, dict(scores)
+        table = _read(part, ("caption_source", "clip_score", "kept", "filter_reason"))
+        kept = pc.fill_null(_column(table, "kept", pa.bool_()), False).to_numpy(zero_copy_only=False)
+        scores.add(table, kept)
+        rows = np.flatnonzero(~kept)
+        reasons = _column(table, "filter_reason").take(pa.array(rows, pa.int64())).to_pylist()
+        for i, reason in zip(rows.tolist(), reasons):
+            reason = reason or "not_kept"
+            dropped.counts[reason] += 1
+            if dropped.room(reason) > 0:
+                dropped.first[reason].append((part, i, {}, reason))
 
 
-def dedup_rows(out: Path, manifest: dict[str, Any], work: Path | None) -> list[tuple[Path | None, int | None, dict[str, Any]]]:
-    """Rows the shards stage left out (part path when WORK is known, row, the log's record)."""
-    input_dirs = {}
-    for run in manifest.get("runs") or []:
-        if run.get("dedup_log"):
-            input_dirs[Path(run["dedup_log"]).name] = run.get("input_dir")
-    rows: list[tuple[Path | None, int | None, dict[str, Any]]] = []
+def dedup_rows(out: Path, manifest: dict[str, Any], work: Path | None, dropped: DroppedRows) -> None:
+    """Rows the shards stage left out, from OUT's dedup logs (their parts found through the runs' input dirs)."""
+    input_dirs = {Path(r["dedup_log"]).name: r.get("input_dir") for r in manifest.get("runs") or [] if r.get("dedup_log")}
     for path in sorted((out / DEDUP_LOG_DIR).glob("run-*.parquet")):
         input_dir = input_dirs.get(path.name)
         base = Path(input_dir) if input_dir and Path(input_dir).is_dir() else None
         if base is None and work is not None:
             base = work / (CRAWL_DIR if manifest_no_filter(manifest) else SCORED_DIR)
-        for r in pq.read_table(path).to_pylist():
+        table = pq.read_table(path)
+        reasons = table.column("reason").to_pylist()
+        take = []
+        for i, reason in enumerate(reasons):
+            dropped.counts[reason] += 1
+            if dropped.room(reason) - sum(1 for j in take if reasons[j] == reason) > 0:
+                take.append(i)
+        for r in table.take(pa.array(take, pa.int64())).to_pylist():
             part = base / r["part"] if base is not None and r.get("part") else None
-            rows.append((part if part is not None and part.is_file() else None, r.get("row"), r))
-    return rows
+            part = part if part is not None and part.is_file() else None
+            dropped.first[r["reason"]].append((part, r.get("row") if part is not None else None, r, r["reason"]))
 
 
 def manifest_no_filter(manifest: dict[str, Any]) -> bool:
@@ -235,22 +287,16 @@ def part_images(wanted: dict[Path, set[int]]) -> dict[tuple[Path, int], bytes]:
     return found
 
 
-def dropped_entries(out: Path, manifest: dict[str, Any], work: Path | None, no_filter: bool, limit: int
-                    ) -> tuple[int, list[Entry], dict[str, dict[str, list[float]]]]:
-    """Every dropped row's count, a sample of them with images (from WORK), and the filter's scores."""
-    candidates: dict[str, list[tuple[Path | None, int | None, dict[str, Any], str]]] = defaultdict(list)
-    scores: dict[str, dict[str, list[float]]] = {}
-    if work is not None:
-        rows, scores = filter_rows(work, no_filter)
-        for part, i, r in rows:
-            candidates[r.get("filter_reason") or "not_kept"].append((part, i, r, r.get("filter_reason") or "not_kept"))
-    for part, i, r in dedup_rows(out, manifest, work):
-        candidates[r["reason"]].append((part, i, r, r["reason"]))
-    total = sum(len(v) for v in candidates.values())
-    chosen = round_robin(candidates, limit)
-    # rows of the dedup log carry no caption: read them from the part
-    details = _part_details({(p, int(i)) for p, i, r, _ in chosen if p is not None and i is not None and "caption" not in r})
-    infos = [{**details.get((p, i), {}), **r} if p is not None else r for p, i, r, _ in chosen]
+def dropped_entries(out: Path, manifest: dict[str, Any], work: Path | None, no_filter: bool, limit: int,
+                    scores: Scores) -> tuple[int, list[Entry]]:
+    """Every dropped row's count and a sample of them, taken in turn from each reason, with images from WORK."""
+    dropped = DroppedRows(limit)
+    if work is not None and not no_filter:
+        filter_rows(work, dropped, scores)
+    dedup_rows(out, manifest, work, dropped)
+    chosen: list[Dropped] = round_robin(dropped.first, limit)
+    details = _part_details({(p, int(i)) for p, i, _, _ in chosen if p is not None and i is not None})
+    infos = [{**details.get((p, int(i)), {}), **r} if p is not None and i is not None else r for p, i, r, _ in chosen]
     taken_down = _taken_down(out, infos)
     withheld = [_withheld(info, reason) or ("taken down" if blocked else None)
                 for info, (_, _, _, reason), blocked in zip(infos, chosen, taken_down)]
@@ -267,7 +313,7 @@ def dropped_entries(out: Path, manifest: dict[str, Any], work: Path | None, no_f
                              detail=f"duplicate of {dup}" if dup else r.get("detail"),
                              image=images.get((part, int(i))) if part is not None and i is not None else None,
                              withheld=why or (None if part is not None else "WORK not available")))
-    return total, entries, scores
+    return sum(dropped.counts.values()), entries
 
 
 def _taken_down(out: Path, infos: list[dict[str, Any]]) -> list[bool]:
@@ -283,8 +329,6 @@ def _taken_down(out: Path, infos: list[dict[str, Any]]) -> list[bool]:
 
 def removed_keys(out: Path) -> set[str]:
     """Keys of the samples ``capcrawl remove`` took out of OUT."""
-    import json
-
     keys: set[str] = set()
     path = out / REMOVALS_FILE
     if path.is_file():
@@ -297,36 +341,47 @@ def removed_keys(out: Path) -> set[str]:
 
 
 def _part_details(wanted: set[tuple[Path, int]]) -> dict[tuple[Path, int], dict[str, Any]]:
+    """What the gallery shows of the wanted rows, read from their parts."""
     by_part: dict[Path, list[int]] = defaultdict(list)
     for part, i in wanted:
         by_part[part].append(i)
     out: dict[tuple[Path, int], dict[str, Any]] = {}
     for part, rows in by_part.items():
         table = _read(part, _ROW_COLUMNS)
-        for i in rows:
-            if 0 <= i < table.num_rows:
-                out[(part, i)] = table.slice(i, 1).to_pylist()[0]
+        rows = [i for i in rows if 0 <= i < table.num_rows]
+        for i, record in zip(rows, table.take(pa.array(rows, pa.int64())).to_pylist()):
+            out[(part, i)] = record
     return out
 
 
-def _host(url: str | None) -> str:
-    return (urlsplit(url).hostname or "?") if url else "?"
+#: The host of an absolute URL (userinfo and port left out), as Arrow's regex engine reads it.
+_HOST = r"^[A-Za-z][A-Za-z0-9+.-]*://(?:[^@/?#]*@)?(?P<host>\[[^\]]*\]|[^:/?#]*)"
 
 
-def top_hosts(work: Path | None, kept: Iterable[str | None], limit: int = TOP_HOSTS) -> list[tuple[str, int, int, int]]:
+def host_counts(urls: pa.ChunkedArray | pa.Array) -> Counter:
+    """How many of ``urls`` are on each host (``?`` for what is no absolute URL)."""
+    if len(urls) == 0:
+        return Counter()
+    hosts = pc.struct_field(pc.extract_regex(urls, _HOST), [0])
+    hosts = pc.fill_null(pc.utf8_lower(hosts), "?")
+    counts = pc.value_counts(hosts).to_pylist()
+    return Counter({c["values"] or "?": c["counts"] for c in counts})
+
+
+def top_hosts(out: Path, work: Path | None, limit: int = TOP_HOSTS) -> list[tuple[str, int, int, int]]:
     """(host, image URLs found, fetched ok, samples in OUT), most samples first."""
     found: Counter[str] = Counter()
     ok: Counter[str] = Counter()
     if work is not None:
         for part in list_parts(work / CRAWL_DIR):
             t = _read(part, ("url", "status"))
-            for url, status in zip(t.column("url").to_pylist(), t.column("status").to_pylist()):
-                h = _host(url)
-                found[h] += 1
-                ok[h] += status == Status.OK.value
-    samples = Counter(_host(u) for u in kept)
-    hosts = set(found) | set(samples)
-    ranked = sorted(hosts, key=lambda h: (-samples[h], -found[h], h))[:limit]
+            found.update(host_counts(t.column("url")))
+            ok.update(host_counts(t.column("url").filter(pc.equal(t.column("status"), Status.OK.value))))
+    samples: Counter[str] = Counter()
+    for name in list_shards(out):
+        if parquet_path(out, name).is_file():
+            samples.update(host_counts(_read(parquet_path(out, name), ("url",)).column("url")))
+    ranked = sorted(set(found) | set(samples), key=lambda h: (-samples[h], -found[h], h))[:limit]
     return [(h, found[h], ok[h], samples[h]) for h in ranked]
 
 
@@ -338,14 +393,12 @@ def gather(out: Path, work: Path | None = None) -> ReportData:
     work = find_work(out, manifest, work)
     no_filter = manifest_no_filter(manifest)
     data = ReportData(out, work, manifest, no_filter)
-    data.kept_total, data.kept, kept_scores = kept_samples(out, KEPT_THUMBS)
-    data.dropped_total, data.dropped, filter_scores = dropped_entries(out, manifest, work, no_filter, DROPPED_THUMBS)
-    data.scores = filter_scores or {k: {"kept": v["kept"], "dropped": []} for k, v in kept_scores.items()}
-    urls: list[str | None] = []
-    for name in list_shards(out):
-        if parquet_path(out, name).is_file():
-            urls.extend(_read(parquet_path(out, name), ("url",)).column("url").to_pylist())
-    data.hosts = top_hosts(work, urls)
+    kept_scores, filter_scores = Scores(), Scores()
+    data.kept_total, data.kept = kept_samples(out, KEPT_THUMBS, kept_scores)
+    data.dropped_total, data.dropped = dropped_entries(out, manifest, work, no_filter, DROPPED_THUMBS, filter_scores)
+    # the filter's view (every scored row) when WORK has it, else the published samples' scores
+    data.scores = filter_scores.by_source() or kept_scores.by_source()
+    data.hosts = top_hosts(out, work)
     data.licences = licence_counts(out)
     return data
 
@@ -455,22 +508,16 @@ def status_tables(images: dict[str, int]) -> str:
                    for g in order if groups[g])
 
 
-def histogram_svg(kept: list[float], dropped: list[float], threshold: float | None, width: int = 320, height: int = 120) -> str:
+def histogram_svg(kept: np.ndarray, dropped: np.ndarray, threshold: float | None, width: int = 320, height: int = 120) -> str:
     """Kept and dropped CLIP scores side by side in :data:`HIST_BINS` bins, with the threshold as a line."""
-    values = kept + dropped + ([threshold] if threshold is not None else [])
-    lo = math.floor(min(values) * 10) / 10 if values else 0.0
-    hi = math.ceil(max(values) * 10) / 10 if values else 1.0
+    values = np.concatenate([kept, dropped, [threshold] if threshold is not None else []])
+    lo = math.floor(values.min() * 10) / 10 if values.size else 0.0
+    hi = math.ceil(values.max() * 10) / 10 if values.size else 1.0
     if hi <= lo:
         hi = lo + 0.1
     step = (hi - lo) / HIST_BINS
-
-    def bins(xs: list[float]) -> list[int]:
-        out = [0] * HIST_BINS
-        for x in xs:
-            out[min(HIST_BINS - 1, max(0, int((x - lo) / step)))] += 1
-        return out
-
-    bk, bd = bins(kept), bins(dropped)
+    bk = np.histogram(kept, bins=HIST_BINS, range=(lo, hi))[0].tolist()
+    bd = np.histogram(dropped, bins=HIST_BINS, range=(lo, hi))[0].tolist()
     top = max(bk + bd + [1])
     pad_l, pad_t, pad_b = 28, 16, 18  # room for the axis labels and the threshold's label
     plot_h, plot_w = height - pad_t - pad_b, width - pad_l - 4
@@ -586,7 +633,7 @@ def _filter_section(data: ReportData, not_kept: dict[str, int], threshold: float
         hists = "".join(
             f"<div class='hist'><h3>{_e(src)}: {len(s['kept'])} kept, {len(s['dropped'])} dropped</h3>"
             f"{histogram_svg(s['kept'], s['dropped'], threshold)}</div>"
-            for src, s in sorted(data.scores.items(), key=lambda kv: -(len(kv[1]['kept']) + len(kv[1]['dropped']))))
+            for src, s in data.scores.items())
         scope = "" if data.work else "<p class='note'>Without WORK only the published samples' scores are known.</p>"
         body = (f"{model}<div class='cols'><div><h3>kept by the filter</h3>{counts_table({'kept': filt.get('kept', 0)} if filt else {}, 'rows', 'kept')}</div>"
                 f"<div><h3>not kept, by reason</h3>{counts_table(not_kept, 'reason', 'drop')}</div></div>"
