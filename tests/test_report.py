@@ -195,6 +195,8 @@ def test_report_of_the_pipeline_in_chromium(tmp_path, demo_site, tiny):  # noqa:
     report = out / REPORT_DIR / "index.html"
     assert f"report: {report}" in proc.stdout
     check_static(report)
+    card = (out / "README.md").read_text()  # the datasheet says how OUT was built
+    assert f"seed URL(s): <{site.url('/')}>" in card and "robots.txt: obeyed" in card and "threshold 0.5" in card
     manifest = json.loads((out / "manifest.json").read_text())
     filt = manifest["stages"]["filter"]
     dropped_total = sum((filt.get("filter_reason") or {}).values()) + sum(manifest["totals"]["dropped"].values())
