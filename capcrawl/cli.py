@@ -108,6 +108,7 @@ def cmd_shards(args: argparse.Namespace) -> int:
 
     config = from_namespace(ShardsConfig, args)
     print_shards_summary(shards.run(config), config.out)
+    _refresh_report(config.out)
     return 0
 
 
@@ -128,11 +129,17 @@ def cmd_remove(args: argparse.Namespace) -> int:
 
     config = from_namespace(RemoveConfig, args)
     print_removal_summary(shards.remove(config))
-    if (config.out / "report").is_dir():  # a report must not keep showing what was taken down
-        from .report import write_report
-
-        print(f"report: {write_report(config.out)}")
+    _refresh_report(config.out)  # a report must not keep showing what was taken down
     return 0
+
+
+def _refresh_report(out: Path) -> None:
+    """Rewrite OUT's report when it has one, so that it describes OUT as it is now."""
+    from .report import refresh_report
+
+    path = refresh_report(out)
+    if path is not None:
+        print(f"report: {path}")
 
 
 def cmd_report(args: argparse.Namespace) -> int:

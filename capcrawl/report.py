@@ -12,7 +12,7 @@ spread evenly over the shards, and :data:`DROPPED_THUMBS` dropped rows taken in 
 reason, so that every reason shows and the report stays a few hundred kilobytes however large
 the dataset. Rows OUT's blocklist matches, duplicates of samples taken down, and dropped rows
 with detected faces are listed without a picture: the report is often shared, and it must not
-republish them (``capcrawl remove`` rewrites an existing report for the same reason).
+republish them (``capcrawl remove`` and ``shards`` rewrite an existing report: :func:`refresh_report`).
 
 The report is built in a temporary directory beside ``OUT/report`` and renamed into place.
 """
@@ -670,6 +670,9 @@ def write_report(out: str | Path, work: str | Path | None = None) -> Path:
         raise ConfigError(f"{out} is not a directory; pass the OUT of a `capcrawl shards` or `capcrawl run`.")
     data = gather(out, Path(work) if work is not None else None)
     final = out / REPORT_DIR
+    for stale in out.glob(f".{REPORT_DIR}.*"):  # left by a report that was killed
+        if stale.is_dir() and stale.name.endswith((".tmp", ".old")):
+            shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{REPORT_DIR}.", suffix=".tmp", dir=out))
     try:
         (tmp / THUMB_DIR).mkdir()
@@ -685,6 +688,11 @@ def write_report(out: str | Path, work: str | Path | None = None) -> Path:
     return final / "index.html"
 
 
+def refresh_report(out: str | Path) -> Path | None:
+    """Rewrite OUT's report if it has one (after ``shards`` or ``remove`` changed OUT); its path, or None."""
+    return write_report(out) if (Path(out) / REPORT_DIR).is_dir() else None
+
+
 def _umask() -> int:
     from common.fileio import current_umask
 
@@ -695,7 +703,8 @@ def _replace_dir(new: Path, final: Path) -> None:
     """Put ``new`` where ``final`` is: the old report is moved aside, then removed."""
     old = None
     if final.exists():
-        old = final.with_name(f".{final.name}.{datetime.now().strftime('%H%M%S%f')}.old")
+        old = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".old", dir=final.parent))
+        old.rmdir()
         final.rename(old)
     new.rename(final)
     if old is not None:
