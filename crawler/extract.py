@@ -226,7 +226,7 @@ def extract_page(html: str | Selector, page_url: str, agent_token: str = "capcra
         info.license_source = source
 
     structured = _structured_image_licenses(sel, base)
-    renderer = TextRenderer()
+    renderer, context_renderer = TextRenderer(), TextRenderer(blank_figures=True)
     nav_targets = nav_link_targets(sel.root, base)
     for img in sel.xpath("//img"):
         raw = _image_url(img)
@@ -242,7 +242,7 @@ def extract_page(html: str | Selector, page_url: str, agent_token: str = "capcra
             alt=img.attrib.get("alt"),
             title_attr=clean_text(img.attrib.get("title")),
             figcaption=caption[0] if caption else None,
-            context=image_context(img.root, renderer),
+            context=image_context(img.root, context_renderer),
             chrome=chrome_reason(img.root, nav_targets, base, renderer),
         )
         if ref.alt is not None:

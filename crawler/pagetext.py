@@ -28,6 +28,9 @@ BLOCK_TAGS = frozenset({
 })
 SKIPPED_TAGS = frozenset({"script", "style", "noscript", "template", "head", "title", "iframe", "object"})
 SKIPPED_CLASSES = frozenset({"headerlink"})  # Sphinx/MkDocs "¶" permalinks, shown on hover only
+# containers whose text is the caption of the images inside them (see crawler.captions)
+FIGURE_CLASSES = frozenset({"figure", "informalfigure", "mediaobject", "equation", "wp-caption", "gallery-item",
+                            "thumb", "thumbinner", "gallerybox", "wp-block-image"})
 _WS = re.compile(r"[ \t\n\r\f\v\u00a0\u200b]+")
 _SPACES = re.compile(r" +")
 _LINES = re.compile(r" *\n[ \n]*")
@@ -60,14 +63,25 @@ def meaningful(text: str | None) -> bool:
     return bool(text) and any(c.isalnum() for c in text)
 
 
+def is_image_figure(el: etree._Element) -> bool:
+    """A figure-like container (``figure``, ``[role=figure]``, DocBook/WordPress/MediaWiki
+    figure classes) that holds an image: its text is that image's caption."""
+    if not (tag_of(el) == "figure" or el.get("role") == "figure" or class_tokens(el) & FIGURE_CLASSES):
+        return False
+    return next(el.iter("img"), None) is not None
+
+
 @dataclass
 class TextRenderer:
     """Renders elements of one page; caches the rendering of every element it has seen.
 
     Rendered strings use ``BREAK`` for line boundaries and single spaces inside lines;
-    ``finish`` tidies them. One renderer serves one page (elements are cache keys).
+    ``finish`` tidies them. One renderer serves one page (elements are cache keys). With
+    ``blank_figures`` (for image_context), figure-like containers of *other* images (those
+    off the marked image's path) render as an empty line: their text is their caption.
     """
 
+    blank_figures: bool = False
     _cache: dict[etree._Element, str] = field(default_factory=dict)
 
     def raw(self, el: etree._Element, mark: etree._Element | None = None,
@@ -85,7 +99,7 @@ class TextRenderer:
             if cached is not None:
                 return cached
         tag = tag_of(el)
-        if tag == "br":
+        if tag == "br" or (self.blank_figures and el not in path and is_image_figure(el)):
             out = BREAK
         else:
             parts = [_WS.sub(" ", el.text) if el.text else ""]
