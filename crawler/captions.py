@@ -144,6 +144,8 @@ def _by_ids(root: etree._Element, ids: str | None) -> list[etree._Element]:
 
 
 def _text_of(elements: list[etree._Element], renderer: TextRenderer) -> str | None:
+    if not elements:
+        return None
     text = finish(" ".join(renderer.raw(e) for e in elements), lines=False)
     return text if meaningful(text) else None
 

@@ -547,3 +547,37 @@ def test_chrome_images_are_kept():
     """Chrome is a recorded reason, never a drop: every <img> still gives an ImageRef."""
     r = refs(DOCBOOK_NAV, head=DOCBOOK_HEAD)
     assert sorted(r) == ["home.png", "next.png", "note.png", "prev.png", "reset.png", "up.png"]
+
+
+# --- through the real crawl --------------------------------------------------------------------
+
+def test_docbook_directory_crawled_through_localsite(tmp_path):
+    """A DocBook page and its PNG/GIF images served from a directory (LocalSite root=, which
+    now names .gif and .css by their types) and crawled with the real CLI: the records carry
+    the caption and the nearest text."""
+    from PIL import Image
+
+    from crawler.localsite import LocalSite, content_type
+
+    from .conftest import by_url, crawl_rows, run_cli
+
+    assert [content_type(tmp_path / n) for n in ("a.html", "a.png", "a.gif", "a.css", "a.bin")] == [
+        "text/html; charset=utf-8", "image/png", "image/gif", "text/css", "application/octet-stream"]
+    site_dir = tmp_path / "site"
+    (site_dir / "images" / "filters" / "examples").mkdir(parents=True)
+    Image.new("RGB", (120, 90), "orange").save(site_dir / "images" / "filters" / "examples" / "blur-demo-orig.png")
+    Image.new("RGB", (80, 60), "teal").save(site_dir / "perlin_noise-iter.gif")
+    body = DOCBOOK_FIGURE + DOCBOOK_MEDIAOBJECT.replace("images/filters/examples/render/perlin_noise-iter.png",
+                                                       "perlin_noise-iter.gif")
+    (site_dir / "index.html").write_text(
+        '<?xml version="1.0" encoding="UTF-8" standalone="no"?>\n<html xmlns="http://www.w3.org/1999/xhtml">'
+        f"<head><title>3. Blur Filters</title></head><body>{body}</body></html>", encoding="utf-8")
+    with LocalSite("127.0.0.1", root=site_dir) as site:
+        run_cli("crawl", site.url("/index.html"), "--work", str(tmp_path / "w"), "--allow-private-addresses",
+                check=True)
+        rows = by_url(crawl_rows(tmp_path / "w"))
+        fig = rows[site.url("/images/filters/examples/blur-demo-orig.png")]
+        gif = rows[site.url("/perlin_noise-iter.gif")]
+    assert (fig["status"], fig["figcaption"], fig["context"]) == ("ok", "Original for demo", "Figure 17.2. Original for demo")
+    assert (gif["status"], gif["image_format"]) == ("ok", "jpg")
+    assert (gif["alt"], gif["figcaption"], gif["context"]) == (None, "Iterations = 7", "Iterations = 7")
