@@ -92,7 +92,7 @@ class TextRenderer:
         """
         if el is mark:
             return (BREAK + MARK + BREAK) if is_block(el) else MARK
-        if _skipped(el):
+        if _skipped(el) and el not in path:  # an image inside <noscript> still has its place
             return ""
         if mark is None or el not in path:
             cached = self._cache.get(el)
@@ -184,7 +184,9 @@ def image_context(img: etree._Element, renderer: TextRenderer, limit: int = CONT
             return None
         path = frozenset(node.iterancestors()) if node is img else frozenset({parent})
         lines = _lines(renderer.raw(parent, mark=node, path=path))
-        at = next(i for i, line in enumerate(lines) if MARK in line)
+        at = next((i for i, line in enumerate(lines) if MARK in line), None)
+        if at is None:  # not rendered at all (cannot happen for an element of the tree)
+            return None
         before, _, after = lines[at].partition(MARK)
         if meaningful(before + after):
             spaced = before.endswith(" ") or after.startswith(" ")

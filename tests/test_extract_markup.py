@@ -581,3 +581,14 @@ def test_docbook_directory_crawled_through_localsite(tmp_path):
     assert (fig["status"], fig["figcaption"], fig["context"]) == ("ok", "Original for demo", "Figure 17.2. Original for demo")
     assert (gif["status"], gif["image_format"]) == ("ok", "jpg")
     assert (gif["alt"], gif["figcaption"], gif["context"]) == (None, "Iterations = 7", "Iterations = 7")
+
+
+def test_lazy_image_fallback_in_noscript_has_context():
+    """Lazy-loading themes repeat the image in <noscript>; that copy is found, with its text,
+    and noscript's text is no context for other images."""
+    body = ('<figure class="wp-block-image"><img data-src="/a.jpg" src="data:image/gif;base64,R0lGOD" alt="">'
+            '<noscript><img src="/a.jpg" alt=""></noscript><figcaption class="wp-element-caption">Dunes</figcaption></figure>'
+            '<p>Sand <noscript><img src="/b.jpg"></noscript>everywhere</p>')
+    info = extract_page(f"<html><body>{body}</body></html>", PAGE)
+    assert [(r.url.rsplit("/", 1)[-1], r.figcaption, r.context) for r in info.images] == [
+        ("a.jpg", "Dunes", "Dunes"), ("a.jpg", "Dunes", "Dunes"), ("b.jpg", None, "Sand everywhere")]
