@@ -39,15 +39,17 @@ _SECTIONING = frozenset({"article", "aside", "main", "nav", "section"})
 
 
 def nav_link_targets(root: etree._Element, base: str) -> dict[str, str]:
-    """URL (no fragment) -> rel, from the page's ``<link rel=prev|next|up|home|...>``."""
+    """URL (no fragment) -> rel, from the page's ``<link rel=prev|next|up|home|...>``; a URL
+    named by several rels (prev is often up too) gets the first of ``NAV_RELS``."""
     out: dict[str, str] = {}
     for link in root.iter("link"):
         href = (link.get("href") or "").strip()
-        rels = (link.get("rel") or "").lower().split()
-        rel = next((r for r in rels if r in NAV_RELS), None)
-        if href and rel:
-            out.setdefault(urldefrag(urljoin(base, href))[0], "prev" if rel == "previous" else rel)
-    return out
+        rels = [r for r in (link.get("rel") or "").lower().split() if r in NAV_RELS]
+        if not href or not rels:
+            continue
+        url = urldefrag(urljoin(base, href))[0]
+        out[url] = min(rels + ([out[url]] if url in out else []), key=NAV_RELS.index)
+    return {u: "prev" if r == "previous" else r for u, r in out.items()}
 
 
 def _link_reason(a: etree._Element, nav_targets: dict[str, str], base: str) -> str | None:

@@ -185,7 +185,7 @@ def image_context(img: etree._Element, renderer: TextRenderer, limit: int = CONT
         path = frozenset(node.iterancestors()) if node is img else frozenset({parent})
         lines = _lines(renderer.raw(parent, mark=node, path=path))
         at = next((i for i, line in enumerate(lines) if MARK in line), None)
-        if at is None:  # not rendered at all (cannot happen for an element of the tree)
+        if at is None:  # defensive: every element of the tree renders its mark
             return None
         before, _, after = lines[at].partition(MARK)
         if meaningful(before + after):

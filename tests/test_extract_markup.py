@@ -592,3 +592,10 @@ def test_lazy_image_fallback_in_noscript_has_context():
     info = extract_page(f"<html><body>{body}</body></html>", PAGE)
     assert [(r.url.rsplit("/", 1)[-1], r.figcaption, r.context) for r in info.images] == [
         ("a.jpg", "Dunes", "Dunes"), ("a.jpg", "Dunes", "Dunes"), ("b.jpg", None, "Sand everywhere")]
+
+
+def test_a_link_that_is_both_prev_and_up_reads_prev():
+    """gimp-help apcs02.html: the previous page is also the parent; the arrow is a prev link."""
+    head = '<link rel="up" href="apcs01.html" /><link rel="prev" href="apcs01.html" />'
+    body = '<div class="navheader"><a accesskey="p" href="apcs01.html"><img src="images/prev.png" alt="Prev" /></a></div>'
+    assert refs(body, head=head)["prev.png"].chrome == "link:prev"
