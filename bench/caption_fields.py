@@ -4,10 +4,10 @@
 
 Reads WORK/crawl/part-*.parquet of each work dir and prints one column per dir: rows, ok,
 alt present/absent/empty, boilerplate alts (crawler.alttext), figcaption / title_attr /
-context non-null, context shorter than 20 chars, chrome-flagged images (the ``chrome``
-column when the records have one; with ``--refetch``, the crawl's pages are fetched again
-from their loopback URLs and read with this tree's crawler.extract), and the images' original
-sizes. Then the same random images (drawn from the first dir's ok rows) as (alt,
+context non-null, context shorter than 20 chars, chrome-flagged images (the
+``chrome`` column when the records have one; with ``--refetch``, the last crawl's pages are
+fetched again from their loopback URLs and read with this tree's crawler.extract), and the
+images' original sizes. Then the same random images (drawn from the first dir's ok rows) as (alt,
 figcaption, context) in every dir.
 
 Made for the GIMP manual (Debian's gimp-help-en) served by bench/serve_dir.py; before and
@@ -101,7 +101,7 @@ def counts(rows: list[dict[str, Any]], chrome: dict[str, str | None] | None) -> 
     else:
         reasons = Counter(chrome.get(r["url"]) for r in rows)
         out["chrome-flagged"] = sum(v for k, v in reasons.items() if k)
-        out.update({f"  {k}": v for k, v in sorted(reasons.items()) if k})
+        out.update({f"  {k}": v for k, v in sorted((k, v) for k, v in reasons.items() if k)})
     out["ok images <= 32 px both sides"] = sum(1 for w, h in sizes if w <= 32 and h <= 32)
     out["ok images <= 100 px both sides"] = sum(1 for w, h in sizes if w <= 100 and h <= 100)
     out["ok images median width"] = sorted(w for w, _ in sizes)[len(sizes) // 2] if sizes else 0
@@ -113,16 +113,19 @@ def main() -> int:
     ap.add_argument("work", type=Path, nargs="+")
     ap.add_argument("--examples", type=int, default=8)
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--refetch", action="store_true", help="fetch the pages again to count chrome (loopback only)")
+    ap.add_argument("--refetch", action="store_true",
+                    help="fetch the last WORK's pages again to count chrome with this tree's rules (loopback only)")
     a = ap.parse_args()
     crawls = [read_crawl(w) for w in a.work]
-    chromes = [refetch_chrome(rows) if a.refetch else None for rows in crawls]
+    chromes: list[dict[str, str | None] | None] = [None] * len(crawls)
+    if a.refetch:  # the pages as they are now, read by this tree's code: a figure of the last crawl only
+        chromes[-1] = refetch_chrome(crawls[-1])
     tables = [counts(rows, ch) for rows, ch in zip(crawls, chromes)]
-    keys = list(dict.fromkeys(k for t in tables for k in t))
+    keys = list(dict.fromkeys(k for t in sorted(tables, key=len, reverse=True) for k in t))
     width = max(len(k) for k in keys) + 2
     print("".ljust(width) + "".join(str(w)[-28:].rjust(30) for w in a.work))
     for k in keys:
-        print(k.ljust(width) + "".join(str(t.get(k, 0)).rjust(30) for t in tables))
+        print(k.ljust(width) + "".join(str(t.get(k, "")).rjust(30) for t in tables))
     ok_urls = sorted(r["url"] for r in crawls[0] if r["status"] == "ok")
     picks = random.Random(a.seed).sample(ok_urls, min(a.examples, len(ok_urls)))
     by_url = [{r["url"]: r for r in rows} for rows in crawls]
