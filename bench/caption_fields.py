@@ -33,7 +33,7 @@ from urllib.parse import urlsplit
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from crawler.alttext import boilerplate_alt
+from common.alttext import boilerplate_alt
 from crawler.extract import extract_page
 
 COLUMNS = ["url", "page_url", "status", "alt", "title_attr", "figcaption", "context", "original_width", "original_height"]

@@ -1,4 +1,4 @@
-"""Serve a directory of static files on loopback with crawler.localsite.LocalSite, until killed.
+"""Serve a directory of static files on loopback with capcrawl.localsite.LocalSite, until killed.
 
     python bench/serve_dir.py ROOT [--host 127.0.0.1] [--port 8765]
 
@@ -14,7 +14,7 @@ import signal
 import threading
 from pathlib import Path
 
-from crawler.localsite import LocalSite
+from capcrawl.localsite import LocalSite
 
 log = logging.getLogger("serve_dir")
 

@@ -81,8 +81,8 @@ class CrawlConfig:
     image_format: str = option("jpg", "--image-format", "format of the stored images (default %(default)s)",
                                choices=tuple(IMAGE_FORMATS), group=_IMAGES)
     quality: int = option(95, "--quality", "JPEG/WebP quality (default %(default)s)", check=between(1, 100), group=_IMAGES)
-    min_image_size: int = option(10, "--min-image-size", "images with a smaller side are too_small (default %(default)s)",
-                                 check=non_negative, group=_IMAGES)
+    min_image_size: int = option(64, "--min-image-size", "images whose shorter side is smaller are too_small: icons, "
+                                 "spacers, bullets (default %(default)s)", check=non_negative, group=_IMAGES)
     max_image_bytes: int = option(20 * 1024 * 1024, "--max-image-bytes", "cut larger bodies while streaming (default 20MB)",
                                   parse=parse_size, check=positive, group=_IMAGES)
     max_pixels: int = option(89_478_485, "--max-pixels", "more pixels is a decompression_bomb (default %(default)s)",

@@ -12,12 +12,13 @@ from urllib.parse import urljoin, urldefrag, urlsplit
 
 from parsel import Selector
 
+from common.text import clean_text
+
 from . import licenses
 from .captions import find_caption
 from .chrome import chrome_reason, nav_link_targets
 from .pagetext import CONTEXT_CHARS, TextRenderer, image_context
 
-_WS = re.compile(r"\s+")
 OPT_OUT_DIRECTIVES = frozenset({"noai", "noimageai"})
 
 
@@ -48,14 +49,9 @@ class PageInfo:
     data_uris: int = 0  # inline data: images seen (never samples)
 
 
-def clean_text(text: str | None, limit: int | None = None) -> str | None:
-    """Collapse whitespace; None for empty results."""
-    if text is None:
-        return None
-    t = _WS.sub(" ", text).strip()
-    if limit and len(t) > limit:
-        t = t[:limit].rsplit(" ", 1)[0]
-    return t or None
+def _text(value: str | None, limit: int | None = None) -> str | None:
+    """Whitespace collapsed (common.text.clean_text); None for absent or blank text."""
+    return clean_text(value, limit) or None
 
 
 _AGENT_PREFIX = re.compile(r"^\s*([A-Za-z][\w-]*)\s*:\s*(.*)$", re.S)
@@ -208,7 +204,7 @@ def extract_page(html: str | Selector, page_url: str, agent_token: str = "capcra
     sel = html if isinstance(html, Selector) else Selector(text=html, type="html")
     base = sel.xpath("//base/@href").get()
     base = urljoin(page_url, base.strip()) if base else page_url
-    info = PageInfo(title=clean_text(sel.xpath("//title/text()").get()))
+    info = PageInfo(title=_text(sel.xpath("//title/text()").get()))
 
     metas = sel.xpath(
         "//meta[translate(@name, 'ROBTS', 'robts')='robots' or translate(@name, 'ABCDEFGHIJKLMNOPQRSTUVWXYZ', "
@@ -240,13 +236,13 @@ def extract_page(html: str | Selector, page_url: str, agent_token: str = "capcra
         ref = ImageRef(
             url=url,
             alt=img.attrib.get("alt"),
-            title_attr=clean_text(img.attrib.get("title")),
+            title_attr=_text(img.attrib.get("title")),
             figcaption=caption[0] if caption else None,
             context=image_context(img.root, context_renderer),
             chrome=chrome_reason(img.root, nav_targets, base, renderer),
         )
         if ref.alt is not None:
-            ref.alt = clean_text(ref.alt) or ""
+            ref.alt = clean_text(ref.alt)
         lic, lurl = _figure_license(img, base)
         if lurl:
             ref.license, ref.license_url, ref.license_source = lic, lurl, "figure:a-rel"
@@ -260,7 +256,7 @@ def extract_page(html: str | Selector, page_url: str, agent_token: str = "capcra
         url = normalise_url(base, og)
         if url and all(url != i.url for i in info.images):
             lic = structured.get(url, (info.license, info.license_url, info.license_source))
-            desc = clean_text(sel.xpath("//meta[@property='og:description']/@content").get(), CONTEXT_CHARS)
+            desc = _text(sel.xpath("//meta[@property='og:description']/@content").get(), CONTEXT_CHARS)
             info.images.append(ImageRef(url=url, context=desc, license=lic[0], license_url=lic[1], license_source=lic[2]))
 
     seen: set[str] = set()

@@ -54,6 +54,8 @@ class FilterConfig:
                                               "cosine T on (repeatable; e.g. de=0.26, as LAION did for non-English "
                                               "text); other languages use --threshold", action="append",
                                               metavar="LANG=T", group=_THRESH)
+    site_chrome: bool = option(True, "--keep-site-chrome", "keep navigation icons, logos and images repeated across "
+                               "a site's pages (default: dropped as site_chrome)", action="store_false", group=_THRESH)
     label_bank: str | None = option(None, "--label-bank", "file of candidate phrases, one per line, tried for images "
                                     "whose alt fails", group=_CAPS)
     label_template: str = option(DEFAULT_LABEL_TEMPLATE, "--label-template", "how a label-bank phrase becomes a "

@@ -28,7 +28,9 @@ from common.errors import ConfigError
 from common.fileio import atomic_write_bytes, atomic_write_json, atomic_write_parquet, remove_stale_temps
 from common.layout import DONE_FILE, STATS_FILE, emb_name, list_parts, parse_part_name
 from common.options import digest
-from common.records import SCHEMA_VERSION, SCORED_SCHEMA, CaptionSource, FilterReason, Status, conform
+from common.alttext import boilerplate_alt
+from common.chrome import PageCounts, chrome_reason
+from common.records import CRAWL_SCHEMA, SCHEMA_VERSION, SCORED_SCHEMA, CaptionSource, FilterReason, Status, conform
 from common.text import clean_text
 from filter import columns as col
 from filter.candidates import Candidate, render_labels, row_candidates
@@ -162,6 +164,7 @@ class FilterStage:
         self.label_emb = self.texts.embed(self.labels) if self.labels else None
         self.embed_dim = int(self.model.encode_tokens(self.model.tokenizer([""])).shape[-1])
         self.lang = _language_model()
+        self.page_counts = PageCounts.load(config.crawl_dir)
 
     def _want_generation(self) -> bool:
         mode = self.config.generate
@@ -176,11 +179,37 @@ class FilterStage:
 
     def score_part(self, table: pa.Table) -> tuple[pa.Table, np.ndarray]:
         """Scored table (ok rows only, SCORED_SCHEMA) and its row-aligned float16 embeddings."""
-        ok = table.filter(pc.equal(table.column(col.STATUS), Status.OK.value))
-        alts = [clean_text(a) for a in ok.column(col.ALT).to_pylist()]
+        ok = conform(table.filter(pc.equal(table.column(col.STATUS), Status.OK.value)), CRAWL_SCHEMA)
+        alts, ignored = [], []
+        for alt in ok.column(col.ALT).to_pylist():
+            alt = clean_text(alt)
+            why = boilerplate_alt(alt) if alt else None
+            alts.append("" if why else alt)
+            ignored.append(why)
+        ok = self._with_chrome(ok)
         scores = self._embed_part(ok.column(col.IMAGE).to_pylist(), alts)
         verdicts = self._decide_rows(ok, alts, scores)
-        return _scored_table(ok, scores, verdicts), scores.embeddings.cpu().numpy().astype(np.float16)
+        table = _scored_table(ok, scores, verdicts).set_column(
+            SCORED_SCHEMA.get_field_index(col.ALT_IGNORED), SCORED_SCHEMA.field(col.ALT_IGNORED), pa.array(ignored, pa.string())
+        )
+        return table, scores.embeddings.cpu().numpy().astype(np.float16)
+
+    def _with_chrome(self, ok: pa.Table) -> pa.Table:
+        """The rows with ``page_count`` / ``host_pages`` and, where the site-chrome rule says so, ``chrome``."""
+        urls, pages = ok.column(col.URL).to_pylist(), ok.column("page_url").to_pylist()
+        counts = [self.page_counts.of(u, p) for u, p in zip(urls, pages)]
+        markup = ok.column(col.CHROME).to_pylist()
+        chrome = [chrome_reason(m, *(c or (None, None))) for m, c in zip(markup, counts)]
+        columns = {
+            col.PAGE_COUNT: pa.array([c[0] if c else None for c in counts], pa.int32()),
+            col.HOST_PAGES: pa.array([c[1] if c else None for c in counts], pa.int32()),
+            col.CHROME: pa.array(chrome, pa.string()),
+        }
+        for name, values in columns.items():
+            if name in ok.column_names:
+                ok = ok.drop_columns([name])
+            ok = ok.append_column(name, values)
+        return ok
 
     def _embed_part(self, images: list[bytes | None], alts: list[str]) -> _PartScores:
         """Run the image tower over all rows and the text tower over their alts, batch by batch."""
@@ -229,11 +258,12 @@ class FilterStage:
         return _PartScores(emb, decoded, alt_scores, generated)
 
     def _decide_rows(self, ok: pa.Table, alts: list[str], scores: _PartScores) -> list[RowVerdict]:
-        """Fill the rows whose alt fails, then decide every row."""
+        """Fill the rows whose alt fails, then decide every row (site chrome is never kept)."""
         cfg = self.config
+        chrome = ok.column(col.CHROME).to_pylist() if cfg.site_chrome else [None] * ok.num_rows
         fill = [
             i for i in range(ok.num_rows)
-            if scores.decoded[i] and (not alts[i] or scores.alt_scores[i] < self._threshold_of(alts[i]))
+            if scores.decoded[i] and not chrome[i] and (not alts[i] or scores.alt_scores[i] < self._threshold_of(alts[i]))
         ]
         scored = self._scored_candidates(ok, fill, scores)
         out = []
@@ -242,6 +272,12 @@ class FilterStage:
                 out.append(RowVerdict(Decision(None, None, None, False, FilterReason.DECODE_ERROR), [], None))
                 continue
             cands = scored.get(i, [])
+            if chrome[i]:
+                alt_score = None if math.isnan(scores.alt_scores[i]) else float(scores.alt_scores[i])
+                decision = Decision(alts[i] or None, CaptionSource.ALT if alts[i] else None, alt_score, False,
+                                    FilterReason.SITE_CHROME)
+                out.append(RowVerdict(decision, evidence(alts[i], scores.alt_scores[i], cands), None))
+                continue
             decision = decide(alts[i], scores.alt_scores[i], cands, self._threshold_of, cfg.effective_fill_threshold)
             language = self.lang(decision.caption) if self.lang is not None and decision.caption else None
             if decision.kept and cfg.languages and language is not None and language[1] >= CONFIDENT and language[0] not in cfg.languages:

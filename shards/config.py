@@ -61,6 +61,8 @@ class ShardsConfig:
                                           check=optional(_cosine), metavar="T")
     no_filter: bool = option(False, "--no-filter", "shard the crawl parts directly (trusted URL-list captions: alt, "
                              "else caption_in), skipping the CLIP filter", action="store_true")
+    site_chrome: bool = option(True, "--keep-site-chrome", "with --no-filter: keep navigation icons, logos and images "
+                               "repeated across a site's pages (default: dropped as site_chrome)", action="store_false")
     max_shard_bytes: int | None = option(None, hidden=True, help="size-based rollover (API only)", check=optional(positive))
 
     def __post_init__(self) -> None:

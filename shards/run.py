@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from common.chrome import PageCounts
 from common.fileio import atomic_write_parquet
 from common.layout import CRAWL_DIR, SCORED_DIR, STATS_FILE
 from common.records import DropReason
@@ -92,7 +93,11 @@ def _candidate_hashes(cands: Candidates) -> HashSet:
 def decide(cands: Candidates, existing: Existing, blocklist: Blocklist, config: ShardsConfig) -> Verdicts:
     """Drop reasons for every candidate: no caption, blocklisted, then the dedup stages."""
     verdicts = Verdicts.empty(cands.meta.num_rows, len(existing.keys))
-    no_caption = np.flatnonzero(~cands.has_caption)
+    if config.no_filter and config.site_chrome:  # the filter applies the same rule itself (filter_reason site_chrome)
+        chrome = cands.meta.column("chrome").to_pylist()
+        rows = np.array([i for i, c in enumerate(chrome) if c], dtype=np.int64)
+        verdicts.drop(rows, DropReason.SITE_CHROME, None, [chrome[i] for i in rows])
+    no_caption = np.flatnonzero(~cands.has_caption & verdicts.kept)
     verdicts.drop(no_caption, DropReason.NO_CAPTION, None, [None] * no_caption.size)
     blocked = [b if verdicts.reason[i] is None else None for i, b in enumerate(blocklist.match(cands.meta))]
     return deduplicate(
@@ -110,7 +115,9 @@ def _records(table: pa.Table) -> list[dict[str, Any]]:
     return table.drop_columns(["image"]).to_pylist()
 
 
-def write_samples(config: ShardsConfig, cands: Candidates, verdicts: Verdicts) -> tuple[list[str | None], ShardWriter, int]:
+def write_samples(
+    config: ShardsConfig, cands: Candidates, verdicts: Verdicts, page_counts: PageCounts | None = None
+) -> tuple[list[str | None], ShardWriter, int]:
     """Pass 2: write the kept candidates in input order.
 
     Returns each candidate's key (None if not written), the writer, and how many
@@ -134,7 +141,7 @@ def write_samples(config: ShardsConfig, cands: Candidates, verdicts: Verdicts) -
             if not mine.any():
                 continue
             positions = iter(kept[mine].tolist())
-            for table, emb in iter_rows(part, row_of[mine], config.no_filter):
+            for table, emb in iter_rows(part, row_of[mine], config.no_filter, page_counts=page_counts):
                 images = table.column("image").to_pylist()
                 # records first: zip stops on them without taking a position of the next batch
                 for j, (record, pos) in enumerate(zip(_records(table), positions)):
@@ -200,7 +207,8 @@ def run_shards(config: ShardsConfig) -> dict[str, Any]:
     clock = time.perf_counter()
     with locked(config.out):
         clean_incomplete(config.out)
-        cands = load_candidates(config.input_dir, config.no_filter, config.semantic_dedup is not None)
+        page_counts = PageCounts.load(config.work / CRAWL_DIR) if config.no_filter else None
+        cands = load_candidates(config.input_dir, config.no_filter, config.semantic_dedup is not None, page_counts)
         existing = load_existing(config.out, config.semantic_dedup is not None)
         cands, already_published, already_decided = skip_decided(cands, existing, config.out)
         verdicts = decide(cands, existing, Blocklist.load(config.out), config)
@@ -211,7 +219,7 @@ def run_shards(config: ShardsConfig) -> dict[str, Any]:
                 "give URL lists a caption column (--caption-col) or run `capcrawl filter` to fill captions"
                 if config.no_filter else "the filter found no caption for them",
             )
-        keys, writer, no_image = write_samples(config, cands, verdicts)
+        keys, writer, no_image = write_samples(config, cands, verdicts, page_counts)
         log_path = write_dedup_log(config.out, next_log_number(config.out), cands, verdicts, keys, existing)
         written = sum(s.samples for s in writer.written)
         previous = read_json(config.out / "manifest.json", {}) or {}

@@ -13,7 +13,7 @@ from __future__ import annotations
 import pytest
 from parsel import Selector
 
-from crawler.alttext import boilerplate_alt
+from common.alttext import boilerplate_alt
 from crawler.captions import find_caption, strip_label
 from crawler.extract import CONTEXT_CHARS, extract_page
 from crawler.pagetext import TextRenderer, image_context
@@ -557,7 +557,7 @@ def test_docbook_directory_crawled_through_localsite(tmp_path):
     the caption and the nearest text."""
     from PIL import Image
 
-    from crawler.localsite import LocalSite, content_type
+    from capcrawl.localsite import LocalSite, content_type
 
     from .conftest import by_url, crawl_rows, run_cli
 

@@ -206,7 +206,7 @@ def test_semantic_dedup(tmp_path):
 
 def test_no_filter_reads_crawl_parts(tmp_path):
     recs = distinct_records(4)
-    recs[0].update(alt="an alt", caption_in="ignored")
+    recs[0].update(alt="a red bicycle", caption_in="ignored")
     recs[1].update(alt="", caption_in="from the list")
     recs[2].update(alt=None, caption_in=None)
     recs[3].update(alt="  ", caption_in="listed")
@@ -216,7 +216,7 @@ def test_no_filter_reads_crawl_parts(tmp_path):
     manifest = run(tmp_path / "work", tmp_path / "out", no_filter=True)
     rows = {r["url"]: r for r in all_samples(tmp_path / "out")}
     assert [(rows[r["url"]]["caption"], rows[r["url"]]["caption_source"]) for r in (recs[0], recs[1], recs[3])] == [
-        ("an alt", "alt"),
+        ("a red bicycle", "alt"),
         ("from the list", "caption_in"),
         ("listed", "caption_in"),
     ]

@@ -267,6 +267,7 @@ class ImagesSpider(scrapy.Spider):
             "license": ref.license,
             "license_url": ref.license_url,
             "license_source": ref.license_source,
+            "chrome": ref.chrome,
         }
         yield from self._fetch_or_refuse(item, opt_out)
 
