@@ -70,6 +70,9 @@ class CrawlConfig:
                                            action="store_true", group=_SAFETY)
     allow_addresses: tuple[str, ...] = option((), "--allow-address", "allow this private network or address only, "
                                               "e.g. 10.1.0.0/16 (repeatable)", action="append", metavar="CIDR", group=_SAFETY)
+    blocklist: str | None = option(None, "--blocklist", "a takedown blocklist (OUT/blocklist.jsonl, as `capcrawl remove` "
+                                   "writes it): blocked pages and images are never requested, blocked bytes (sha256, "
+                                   "pHash) are discarded; `run` applies OUT's own", metavar="FILE", group=_SAFETY)
     ignore_robots: bool = option(False, "--ignore-robots", "do NOT obey robots.txt (only for sites you own)",
                                  action="store_true", group=_SAFETY)
     image_size: int = option(256, "--image-size", "target size in pixels (default %(default)s)", check=positive, group=_IMAGES)
@@ -107,6 +110,10 @@ class CrawlConfig:
             parse_networks(self.allow_addresses)
         except ValueError as e:
             raise ConfigError(f"--allow-address takes a network or address such as 10.1.0.0/16 ({e}).") from e
+        if self.blocklist:
+            from common.blocklist import BlockSet
+
+            BlockSet.read(self.blocklist)  # a missing or malformed file is a one-line error now
         # per-host concurrency can never exceed the total
         replace_frozen(
             self,
@@ -161,6 +168,7 @@ class CrawlConfig:
             "CAPCRAWL_ALLOW_PRIVATE_ADDRESSES": self.allow_private_addresses,
             "CAPCRAWL_ALLOWED_NETWORKS": list(self.allow_addresses),
             "CAPCRAWL_MAX_RETRY_AFTER": self.max_retry_after,
+            "CAPCRAWL_BLOCKLIST": self.blocklist,
         }
 
     def to_dict(self) -> dict[str, Any]:

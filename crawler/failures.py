@@ -17,7 +17,7 @@ from twisted.python.failure import Failure
 
 from common.records import PageStatus, Status, http_status
 
-from .middlewares import PrivateAddressRefused
+from .middlewares import Blocked, PrivateAddressRefused
 from .upstream import TWISTED_CONNECTION_ERRORS, RobotsForbidden
 
 _TIMEOUTS = (DownloadTimeoutError, txerror.TimeoutError, txerror.TCPTimedOutError, defer.TimeoutError)
@@ -46,6 +46,8 @@ def failure_status(failure: Failure, page: bool) -> tuple[str, str] | None:
         return S.ROBOTS.value, "disallowed by robots.txt (not requested)"
     if isinstance(exc, PrivateAddressRefused):
         return S.PRIVATE_ADDRESS.value, str(exc)
+    if isinstance(exc, Blocked):
+        return S.BLOCKED.value, str(exc)
     if isinstance(exc, (DownloadCancelledError, defer.CancelledError)):
         if "max size" in str(exc) or "maxsize" in str(exc) or "larger than" in str(exc):
             return S.TOO_LARGE.value, str(exc)

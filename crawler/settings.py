@@ -71,6 +71,7 @@ AUTOTHROTTLE_TARGET_CONCURRENCY = 8.0
 # ~8% off the crawl process's CPU in bench/vs_img2dataset.sh.
 DOWNLOADER_MIDDLEWARES = {
     "crawler.middlewares.PrivateAddressMiddleware": 50,
+    "crawler.middlewares.BlocklistMiddleware": 60,
     "scrapy.downloadermiddlewares.offsite.OffsiteMiddleware": None,
     "scrapy.downloadermiddlewares.robotstxt.RobotsTxtMiddleware": None,
     "crawler.upstream.RobotsMiddleware": 100,

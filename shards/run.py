@@ -99,6 +99,12 @@ def decide(cands: Candidates, existing: Existing, blocklist: Blocklist, config: 
         verdicts.drop(rows, DropReason.SITE_CHROME, None, [chrome[i] for i in rows])
     no_caption = np.flatnonzero(~cands.has_caption & verdicts.kept)
     verdicts.drop(no_caption, DropReason.NO_CAPTION, None, [None] * no_caption.size)
+    if (policy := config.license_policy) is not None:
+        licenses = cands.meta.column("license").to_pylist()
+        for reason in (DropReason.LICENSE_UNKNOWN, DropReason.LICENSE_NOT_ALLOWED):
+            rows = np.array([i for i, lic in enumerate(licenses) if verdicts.reason[i] is None and policy.verdict(lic) == reason.value],
+                            dtype=np.int64)
+            verdicts.drop(rows, reason, None, [licenses[i] for i in rows])
     blocked = [b if verdicts.reason[i] is None else None for i, b in enumerate(blocklist.match(cands.meta))]
     return deduplicate(
         existing.hashes,

@@ -352,3 +352,24 @@ def test_cli_options_and_validation(tmp_path):
         _shards_config(tmp_path / "empty", tmp_path / "o").check_inputs()
     with pytest.raises(ConfigError, match="--no-filter"):
         run_shards(_shards_config(tmp_path / "empty", tmp_path / "o"))
+
+
+def test_license_policy(tmp_path):
+    recs = distinct_records(6)
+    for rec, lic in zip(recs, ["CC-BY-4.0", "CC-BY-NC-4.0", None, "CC0-1.0", "LicenseRef-PDM", "CC-BY-SA-3.0-DE"]):
+        rec["license"] = lic
+    write_scored_part(tmp_path / "work", 0, recs)
+    manifest = run(tmp_path / "work", tmp_path / "out", licenses=("commercial",))
+    written = {r["license"] for r in all_samples(tmp_path / "out")}
+    assert written == {"CC-BY-4.0", "CC0-1.0", "LicenseRef-PDM", "CC-BY-SA-3.0-DE"}
+    assert manifest["totals"]["dropped"] == {"license_not_allowed": 1, "license_unknown": 1}
+    lic = manifest["respected"]["licenses"]
+    assert lic["policy"] == ["commercial"] and lic["samples_by_license"]["CC0-1.0"] == 1
+    log = {r["url"]: r["detail"] for r in dedup_log(tmp_path / "out")}
+    assert log[recs[1]["url"]] == "CC-BY-NC-4.0"
+    # explicit ids and patterns; no policy changes nothing
+    manifest = run(tmp_path / "work", tmp_path / "out2", licenses=("CC-BY-*", "cc0-1.0"))
+    assert {r["license"] for r in all_samples(tmp_path / "out2")} == {"CC-BY-4.0", "CC-BY-NC-4.0", "CC0-1.0", "CC-BY-SA-3.0-DE"}
+    assert len(all_samples(tmp_path / "out3") if run(tmp_path / "work", tmp_path / "out3") else []) == 6
+    with pytest.raises(ConfigError, match="--licenses"):
+        ShardsConfig(work=tmp_path / "work", out=tmp_path / "o", licenses=("CC BY 4.0!",))
