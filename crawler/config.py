@@ -70,6 +70,9 @@ class CrawlConfig:
                                            action="store_true", group=_SAFETY)
     allow_addresses: tuple[str, ...] = option((), "--allow-address", "allow this private network or address only, "
                                               "e.g. 10.1.0.0/16 (repeatable)", action="append", metavar="CIDR", group=_SAFETY)
+    resolve: tuple[str, ...] = option((), "--resolve", "connect to HOST at ADDRESS instead of asking DNS, as curl's "
+                                      "--resolve (repeatable); the address must still be public or allowed",
+                                      action="append", metavar="HOST:ADDRESS", group=_SAFETY)
     blocklist: str | None = option(None, "--blocklist", "a takedown blocklist (OUT/blocklist.jsonl, as `capcrawl remove` "
                                    "writes it): blocked pages and images are never requested, blocked bytes (sha256, "
                                    "pHash) are discarded; `run` applies OUT's own", metavar="FILE", group=_SAFETY)
@@ -110,6 +113,12 @@ class CrawlConfig:
             parse_networks(self.allow_addresses)
         except ValueError as e:
             raise ConfigError(f"--allow-address takes a network or address such as 10.1.0.0/16 ({e}).") from e
+        from .resolver import parse_pins
+
+        try:
+            parse_pins(self.resolve)
+        except ValueError as e:
+            raise ConfigError(f"--resolve takes HOST:ADDRESS such as example.test:203.0.113.7 ({e}).") from e
         if self.blocklist:
             from common.blocklist import BlockSet
 
@@ -169,6 +178,8 @@ class CrawlConfig:
             "CAPCRAWL_ALLOWED_NETWORKS": list(self.allow_addresses),
             "CAPCRAWL_MAX_RETRY_AFTER": self.max_retry_after,
             "CAPCRAWL_BLOCKLIST": self.blocklist,
+            "CAPCRAWL_RESOLVE": list(self.resolve),
+            "TWISTED_DNS_RESOLVER": "crawler.resolver.GuardedTwistedResolver",
         }
 
     def to_dict(self) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from twisted.python.failure import Failure
 from common.records import PageStatus, Status, http_status
 
 from .middlewares import Blocked, PrivateAddressRefused
+from .resolver import PrivateAnswer, refusal_for
 from .upstream import TWISTED_CONNECTION_ERRORS, RobotsForbidden
 
 _TIMEOUTS = (DownloadTimeoutError, txerror.TimeoutError, txerror.TCPTimedOutError, defer.TimeoutError)
@@ -31,6 +32,17 @@ _CONNECTION = (
     txerror.ConnectionDone,
     *TWISTED_CONNECTION_ERRORS,
 )
+
+
+def _private_answer(exc: BaseException) -> PrivateAnswer | None:
+    """The resolver's refusal of a non-public address, wherever the client wrapped it."""
+    seen = 0
+    while exc is not None and seen < 8:
+        if isinstance(exc, PrivateAnswer):
+            return exc
+        exc = exc.__cause__ or exc.__context__ or getattr(exc, "os_error", None)
+        seen += 1
+    return None
 
 
 def failure_status(failure: Failure, page: bool) -> tuple[str, str] | None:
@@ -48,6 +60,13 @@ def failure_status(failure: Failure, page: bool) -> tuple[str, str] | None:
         return S.PRIVATE_ADDRESS.value, str(exc)
     if isinstance(exc, Blocked):
         return S.BLOCKED.value, str(exc)
+    if (answer := _private_answer(exc)) is not None:
+        return S.PRIVATE_ADDRESS.value, str(answer)
+    if isinstance(exc, _DNS) and failure.request is not None:
+        from scrapy.utils.httpobj import urlparse_cached
+
+        if (why := refusal_for(urlparse_cached(failure.request).hostname)) is not None:
+            return S.PRIVATE_ADDRESS.value, why
     if isinstance(exc, (DownloadCancelledError, defer.CancelledError)):
         if "max size" in str(exc) or "maxsize" in str(exc) or "larger than" in str(exc):
             return S.TOO_LARGE.value, str(exc)

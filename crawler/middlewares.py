@@ -122,6 +122,15 @@ class PrivateAddressMiddleware:
             self.stats.inc_value("capcrawl/private_address_refused")
             raise PrivateAddressRefused(f"{host} resolves to non-public address {bad}")
 
+    def process_response(self, request: Request, response: Response, spider: Spider | None = None) -> Response:
+        """The address the response came from must pass too (the resolvers check it before
+        connecting; this is the last line, for any path around them)."""
+        ip = getattr(response, "ip_address", None)
+        if ip is not None and not address_allowed(str(ip), self.allowed):
+            self.stats.inc_value("capcrawl/private_address_refused")
+            raise PrivateAddressRefused(f"{urlparse_cached(request).hostname} answered from non-public address {ip}")
+        return response
+
     async def _offending_address(self, host: str) -> str | None:
         try:
             return None if address_allowed(host, self.allowed) else host

@@ -19,8 +19,9 @@ What is here, and why:
   which halved a Retry-After wait and lowered a Crawl-delay.
 - :func:`slot_of` / :func:`hold_slot` (the downloader's ``slots``, ``get_slot_key`` and a
   ``Slot``'s ``delay``, ``jitter``, ``lastseen``): how a host's wait is applied.
-- :class:`AiohttpHandler` (the private module ``scrapy.core.downloader.handlers._aiohttp``
-  and its static ``_request_headers``). Speed, measured: the aiohttp client costs the crawl
+- :class:`AiohttpHandler` (the private module ``scrapy.core.downloader.handlers._aiohttp``,
+  its static ``_request_headers`` and the ``aiohttp.TCPConnector`` its ``__init__`` builds).
+  Safety: the connector resolves names with crawler/resolver.py's guard (no DNS rebinding). Speed, measured: the aiohttp client costs the crawl
   process ~18% less CPU than Twisted's (bench/README.md); not copying every request's headers
   was ~3% of the crawl process's CPU (part of a 1.5% faster download, ab_checkouts.sh).
 - :func:`without_twisted_exceptions` (the names in Scrapy's default ``RETRY_EXCEPTIONS``).
@@ -209,9 +210,30 @@ def _aiohttp_handler_class() -> type:
 
     class AiohttpHandler(base):  # type: ignore[misc, valid-type]
         """Scrapy's aiohttp handler, without the 'experimental' warning (capcrawl's suite runs
-        every crawl through it) and without a copy of every request's headers."""
+        every crawl through it), without a copy of every request's headers, and with a resolver
+        that checks the addresses its connections use (crawler/resolver.py)."""
 
         experimental = False
+
+        def __init__(self, crawler: Crawler):
+            # Scrapy builds its aiohttp.TCPConnector inside __init__ with no way to pass a
+            # resolver: the connector class is swapped for one that takes ours, for the
+            # duration of the call (construction is single-threaded, on the event loop).
+            import aiohttp
+
+            from .resolver import Guard, GuardedAiohttpResolver
+
+            resolver = GuardedAiohttpResolver(Guard.from_settings(crawler.settings))
+            real = aiohttp.TCPConnector
+
+            def connector(*args: Any, **kwargs: Any) -> Any:
+                return real(*args, resolver=resolver, **kwargs)
+
+            aiohttp.TCPConnector = connector  # type: ignore[misc]
+            try:
+                super().__init__(crawler)
+            finally:
+                aiohttp.TCPConnector = real  # type: ignore[misc]
 
         @staticmethod
         def _request_headers(request: Request) -> Headers:
@@ -371,6 +393,8 @@ def check_upstream(optional: bool = True) -> list[str]:
         import importlib
 
         handler = importlib.import_module(_AIOHTTP_MODULE).AiohttpDownloadHandler
+        if "aiohttp.TCPConnector(" not in inspect.getsource(handler.__init__):
+            problems.append("AiohttpDownloadHandler.__init__ no longer builds aiohttp.TCPConnector: the connection-time address check is off")
         if not isinstance(inspect.getattr_static(handler, "_request_headers"), staticmethod):
             problems.append("AiohttpDownloadHandler._request_headers is no longer a static method")
         elif _params(handler._request_headers) != ["request"]:

@@ -643,3 +643,22 @@ def test_blocklist_at_crawl_time(tmp_path, site, other_site):
     assert "blocklist: " in rows[site.url("/url.jpg")]["error"]
     proc = run_cli("crawl", site.url("/"), "--work", str(tmp_path / "w2"), "--blocklist", str(tmp_path / "none.jsonl"))
     assert proc.returncode == 2 and "blocklist" in proc.stderr
+
+
+@pytest.mark.parametrize("client", ["aiohttp", "twisted"])
+def test_dns_rebinding_is_caught_when_connecting(tmp_path, site, client):
+    """A name that the pre-request check cannot resolve (as a rebinding name answers publicly
+    first) but that resolves to loopback when the client connects (through the resolver plugged
+    in with --resolve) is refused: the server never sees a request."""
+    site.add("/", page('<img src="/a.jpg" alt="a">'))
+    site.add("/a.jpg", jpeg(), content_type=IMG)
+    seed = f"http://rebind.test:{site.port}/"
+    run_cli("crawl", seed, "--work", str(tmp_path / "w"), "--resolve", f"rebind.test:{site.host}", "--http-client", client,
+            check=True)
+    assert site.log == [], "a request reached a private address"
+    stats = json.loads((tmp_path / "w" / "crawl" / "stats.json").read_text())
+    assert stats["pages"] == {"private_address": 1}
+    # the same name, private addresses allowed: the plugged resolver is what connects
+    run_cli("crawl", seed, "--work", str(tmp_path / "ok"), "--resolve", f"rebind.test:{site.host}", "--http-client", client,
+            "--allow-private-addresses", check=True)
+    assert by_url(crawl_rows(tmp_path / "ok"))[f"http://rebind.test:{site.port}/a.jpg"]["status"] == "ok"
