@@ -16,7 +16,8 @@ import zlib
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -35,7 +36,7 @@ from common.text import clean_text
 from filter import columns as col
 from filter.candidates import Candidate, render_labels, row_candidates
 from filter.config import FilterConfig
-from filter.data import PartImages, make_loader
+from filter.data import Batch, PartPlan, RunImages, clean_alt, make_loader
 from filter.language import CONFIDENT, LanguageOf
 from filter.language import check_available as check_language
 from filter.model import LoadedModel, TextEmbeddingCache, check_generation_support, load_model
@@ -140,6 +141,42 @@ class RowVerdict:
     language: tuple[str, float] | None  # (code, score) of the chosen caption
 
 
+class _Accumulators:
+    """The accumulators of the parts being scored, made when a part's first batch arrives."""
+
+    def __init__(self, plans: list[PartPlan], dim: int, device: torch.device):
+        self.plans, self.dim, self.device = plans, dim, device
+        self._open: dict[int, _Accumulator] = {}
+
+    def __getitem__(self, k: int) -> "_Accumulator":
+        if k not in self._open:
+            self._open[k] = _Accumulator(len(self.plans[k]), self.dim, self.device)
+        return self._open[k]
+
+    def pop(self, k: int) -> "_Accumulator":
+        return self._open.pop(k, None) or _Accumulator(len(self.plans[k]), self.dim, self.device)
+
+
+class _Accumulator:
+    """One part's model outputs, gathered batch by batch (rows are indexes among its ok rows)."""
+
+    def __init__(self, n: int, dim: int, device: torch.device):
+        self.embeddings = torch.zeros(n, dim, device=device)
+        self.decoded = np.zeros(n, dtype=bool)
+        self.alt_scores = np.full(n, np.nan, dtype=np.float64)
+        self.generated: dict[int, str] = {}
+
+    def add(self, rows: torch.Tensor, emb: torch.Tensor, alt_scores: torch.Tensor, generated: dict[int, str]) -> None:
+        idx = rows.numpy()
+        self.embeddings[rows.to(self.embeddings.device)] = emb
+        self.decoded[idx] = True
+        self.alt_scores[idx] = alt_scores.numpy()
+        self.generated.update(generated)
+
+    def scores(self) -> "_PartScores":
+        return _PartScores(self.embeddings, self.decoded, self.alt_scores, self.generated)
+
+
 @dataclass
 class _PartScores:
     """What the model produced for one part's ok rows."""
@@ -177,22 +214,72 @@ class FilterStage:
 
     # --- the per-part pipeline -------------------------------------------------------
 
-    def score_part(self, table: pa.Table) -> tuple[pa.Table, np.ndarray]:
-        """Scored table (ok rows only, SCORED_SCHEMA) and its row-aligned float16 embeddings."""
+    def score_parts(self, parts: Sequence[Path]) -> Iterator[tuple[Path, pa.Table, np.ndarray]]:
+        """Score ``parts`` through one loader: yields each part's scored table (ok rows only,
+        SCORED_SCHEMA) and its row-aligned float16 embeddings, in order, as soon as it is done.
+
+        The images of every part stream through the same DataLoader; a part is finished (its
+        candidates scored, its verdicts decided) while the loader's workers already decode the
+        next part's images.
+        """
+        plans = [PartPlan.of(p) for p in parts]
+        acc = _Accumulators(plans, self.embed_dim, self.model.device)
+        next_part = 0
+        for batch in self._batches(plans):
+            last = int(batch.parts.max())
+            self._embed_batch(batch, acc)
+            while next_part < last:  # the loader has moved past these parts: they are complete
+                yield self._finish(plans[next_part], acc.pop(next_part))
+                next_part += 1
+        while next_part < len(plans):
+            yield self._finish(plans[next_part], acc.pop(next_part))
+            next_part += 1
+
+    def _batches(self, plans: list[PartPlan]) -> Iterator[Batch]:
+        dataset = RunImages(plans, self.model.preprocess, self.model.tokenizer)
+        if not len(dataset):
+            return iter(())
+        cfg = self.config
+        return iter(make_loader(dataset, cfg.batch_size, cfg.workers, pin_memory=self.model.device.type == "cuda"))
+
+    def _embed_batch(self, batch: Batch, acc: "_Accumulators") -> None:
+        """Image embeddings, alt scores and generated captions of one batch, into its parts' accumulators."""
+        model = self.model
+        if not batch.ok.any():
+            return
+        img = model.encode_images(batch.pixels)
+        parts, rows = batch.parts[batch.ok], batch.indices[batch.ok]
+        alts = [a for a, ok in zip(batch.alts, batch.ok.tolist()) if ok]
+        with_alt = [k for k, a in enumerate(alts) if a]
+        alt_score = None
+        if with_alt:
+            texts = [alts[k] for k in with_alt]
+            self.texts.encode_missing_tokens(texts, batch.alt_tokens[batch.ok][with_alt])
+            alt_score = (img[with_alt] * self.texts.embed(texts)).sum(-1)
+        generated = self._generate_for_batch(rows, batch.pixels, with_alt, alt_score, parts) if self.generate else {}
+        scores = torch.full((len(rows),), float("nan"))
+        if alt_score is not None:
+            scores[with_alt] = alt_score.float().cpu()
+        for k in torch.unique(parts).tolist():
+            sel = (parts == k).nonzero().flatten()
+            acc[k].add(rows[sel], img[sel.to(img.device)], scores[sel],
+                       {r: generated[r_key] for r, r_key in ((int(rows[i]), (k, int(rows[i]))) for i in sel.tolist())
+                        if r_key in generated})
+
+    def _finish(self, plan: PartPlan, acc: "_Accumulator") -> tuple[Path, pa.Table, np.ndarray]:
+        """Read the part, decide every ok row, build its scored table."""
+        table = pq.read_table(plan.path)
         ok = conform(table.filter(pc.equal(table.column(col.STATUS), Status.OK.value)), CRAWL_SCHEMA)
-        alts, ignored = [], []
-        for alt in ok.column(col.ALT).to_pylist():
-            alt = clean_text(alt)
-            why = boilerplate_alt(alt) if alt else None
-            alts.append("" if why else alt)
-            ignored.append(why)
+        if ok.num_rows != len(plan):
+            raise RuntimeError(f"{plan.path.name} changed while it was scored ({ok.num_rows} ok rows, {len(plan)} planned)")
+        alts, ignored = zip(*(clean_alt(a) for a in ok.column(col.ALT).to_pylist())) if ok.num_rows else ((), ())
         ok = self._with_chrome(ok)
-        scores = self._embed_part(ok.column(col.IMAGE).to_pylist(), alts)
-        verdicts = self._decide_rows(ok, alts, scores)
-        table = _scored_table(ok, scores, verdicts).set_column(
-            SCORED_SCHEMA.get_field_index(col.ALT_IGNORED), SCORED_SCHEMA.field(col.ALT_IGNORED), pa.array(ignored, pa.string())
+        scores = acc.scores()
+        verdicts = self._decide_rows(ok, list(alts), scores)
+        scored = _scored_table(ok, scores, verdicts).set_column(
+            SCORED_SCHEMA.get_field_index(col.ALT_IGNORED), SCORED_SCHEMA.field(col.ALT_IGNORED), pa.array(list(ignored), pa.string())
         )
-        return table, scores.embeddings.cpu().numpy().astype(np.float16)
+        return plan.path, scored, scores.embeddings.cpu().numpy().astype(np.float16)
 
     def _with_chrome(self, ok: pa.Table) -> pa.Table:
         """The rows with ``page_count`` / ``host_pages`` and, where the site-chrome rule says so, ``chrome``."""
@@ -211,32 +298,10 @@ class FilterStage:
             ok = ok.append_column(name, values)
         return ok
 
-    def _embed_part(self, images: list[bytes | None], alts: list[str]) -> _PartScores:
-        """Run the image tower over all rows and the text tower over their alts, batch by batch."""
-        n, cfg, model = len(images), self.config, self.model
-        dataset = PartImages(images, alts, model.preprocess, model.tokenizer)
-        loader = make_loader(dataset, cfg.batch_size, cfg.workers, pin_memory=model.device.type == "cuda")
-        emb_parts, alt_parts, generated = [], [], {}
-        for batch in loader:
-            rows = batch.indices[batch.ok]
-            if not len(rows):
-                continue
-            img = model.encode_images(batch.pixels)
-            emb_parts.append((rows, img))
-            with_alt = [k for k, i in enumerate(rows.tolist()) if alts[i]]
-            alt_score = None
-            if with_alt:
-                texts = [alts[i] for i in rows[with_alt].tolist()]
-                self.texts.encode_missing_tokens(texts, batch.alt_tokens[batch.ok][with_alt])
-                alt_score = (img[with_alt] * self.texts.embed(texts)).sum(-1)
-                alt_parts.append((rows[with_alt], alt_score))
-            if self.generate:
-                generated.update(self._generate_for_batch(rows, batch.pixels, with_alt, alt_score))
-        return self._gather(n, emb_parts, alt_parts, generated)
-
     def _generate_for_batch(
-        self, rows: torch.Tensor, pixels: torch.Tensor, with_alt: list[int], alt_score: torch.Tensor | None
-    ) -> dict[int, str]:
+        self, rows: torch.Tensor, pixels: torch.Tensor, with_alt: list[int], alt_score: torch.Tensor | None,
+        parts: torch.Tensor | None = None,
+    ) -> dict[tuple[int, int], str]:
         """CoCa captions for the rows of a batch whose alt is missing or scores under threshold."""
         need = torch.ones(len(rows), dtype=torch.bool)
         if alt_score is not None:
@@ -244,18 +309,8 @@ class FilterStage:
         if not need.any():
             return {}
         texts = self.model.generate(pixels[need])
-        return {int(r): t for r, t in zip(rows[need].tolist(), texts) if t}
-
-    def _gather(self, n: int, emb_parts, alt_parts, generated) -> _PartScores:
-        emb = torch.zeros(n, self.embed_dim, device=self.model.device)
-        decoded = np.zeros(n, dtype=bool)
-        for rows, e in emb_parts:
-            emb[rows.to(emb.device)] = e
-            decoded[rows.numpy()] = True
-        alt_scores = np.full(n, np.nan, dtype=np.float64)
-        for rows, s in alt_parts:
-            alt_scores[rows.numpy()] = s.cpu().numpy()
-        return _PartScores(emb, decoded, alt_scores, generated)
+        part_ids = (parts if parts is not None else torch.zeros(len(rows), dtype=torch.long))[need].tolist()
+        return {(int(k), int(r)): t for k, r, t in zip(part_ids, rows[need].tolist(), texts) if t}
 
     def _decide_rows(self, ok: pa.Table, alts: list[str], scores: _PartScores) -> list[RowVerdict]:
         """Fill the rows whose alt fails, then decide every row (site chrome is never kept)."""
@@ -330,9 +385,8 @@ class FilterStage:
         out = self.config.scored_dir / part.name
         return out.is_file() and (not self.config.embeddings or (out.parent / emb_name(out)).is_file())
 
-    def process_part(self, part: Path) -> int:
-        """Score one crawl part and write its outputs (embeddings first, the part last as the marker)."""
-        table, emb = self.score_part(pq.read_table(part))
+    def write_part(self, part: Path, table: pa.Table, emb: np.ndarray) -> int:
+        """Write one part's outputs: embeddings first, the scored part last (it marks the part done)."""
         out = self.config.scored_dir / part.name
         if self.config.embeddings:
             buf = io.BytesIO()
@@ -341,24 +395,37 @@ class FilterStage:
         atomic_write_parquet(table, out)
         return table.num_rows
 
+    def process_part(self, part: Path) -> int:
+        """Score one crawl part and write its outputs."""
+        return sum(self.write_part(p, t, e) for p, t, e in self.score_parts([part]))
+
     def run(self, progress: ProgressHook | None = None) -> dict:
-        """Score this machine's unfinished parts, then rewrite ``stats.json`` from all scored parts."""
+        """Score this machine's unfinished parts, then rewrite ``stats.json`` from all scored parts.
+
+        Parts are written by a background thread while the next ones are scored (pyarrow and
+        numpy release the GIL while writing).
+        """
         cfg = self.config
         parts = select_parts(list_parts(cfg.crawl_dir), cfg.shard_index, cfg.num_shards)
         mine = {p.name for p in parts} | {emb_name(p) for p in parts}
         remove_stale_temps(cfg.scored_dir, lambda final: final in mine)  # a killed run's half-written outputs
-        scored = skipped = rows = 0
-        started = time.monotonic()
-        for done, part in enumerate(parts, 1):
-            if self.is_done(part):
-                skipped += 1
+        todo = [p for p in parts if not self.is_done(p)]
+        for part in parts:
+            if part not in todo:
                 log.info("skipping %s: already scored", part.name)
-            else:
-                n = self.process_part(part)
-                scored, rows = scored + 1, rows + n
-                log.info("scored %s: %d rows", part.name, n)
-            if progress:
-                progress(part.name, rows, done, len(parts))
+        started = time.monotonic()
+        rows = 0
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="filter-writer") as writer:
+            pending = []
+            for done, (part, table, emb) in enumerate(self.score_parts(todo), 1):
+                pending.append(writer.submit(self.write_part, part, table, emb))
+                while len(pending) > 2:  # at most two finished parts wait in memory
+                    rows += pending.pop(0).result()
+                log.info("scored %s: %d rows", part.name, table.num_rows)
+                if progress:
+                    progress(part.name, rows, len(parts) - len(todo) + done, len(parts))
+            rows += sum(f.result() for f in pending)
+        scored, skipped = len(todo), len(parts) - len(todo)
         stats = collect_stats(cfg)
         elapsed = time.monotonic() - started
         stats["this_run"] = {
