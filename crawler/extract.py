@@ -17,7 +17,7 @@ from . import licenses
 CONTEXT_CHARS = 400
 _WS = re.compile(r"\s+")
 _BLOCKS = ("p", "div", "li", "td", "section", "article", "figure", "main", "body")
-OPT_OUT_DIRECTIVES = frozenset({"noai", "noimageai"})
+OPT_OUT_DIRECTIVES = frozenset({"noai", "noimageai", "noml"})
 
 
 @dataclass
@@ -76,7 +76,7 @@ def robots_directives(value: str | None, agent: str | None = None) -> set[str]:
 
 
 def opt_out_in(values: list[str], agent: str | None = None) -> str | None:
-    """The first noai/noimageai directive in any of ``values`` (for everyone, or for ``agent``)."""
+    """The first noai/noimageai/noml directive in any of ``values`` (for everyone, or for ``agent``)."""
     for v in values:
         hit = robots_directives(v, agent) & OPT_OUT_DIRECTIVES
         if hit:

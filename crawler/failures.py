@@ -17,6 +17,7 @@ from twisted.python.failure import Failure
 from twisted.web._newclient import ResponseFailed, ResponseNeverReceived
 
 from .middlewares import PrivateAddressRefused, RobotsForbidden
+from .optout_middleware import OptedOut
 from .records import PageStatus, Status, http_status
 
 _TIMEOUTS = (DownloadTimeoutError, txerror.TimeoutError, txerror.TCPTimedOutError, defer.TimeoutError)
@@ -44,6 +45,8 @@ def failure_status(failure: Failure, page: bool) -> tuple[str, str] | None:
         return http_status(exc.response.status), f"HTTP {exc.response.status}"
     if isinstance(exc, RobotsForbidden):
         return S.ROBOTS.value, "disallowed by robots.txt (not requested)"
+    if isinstance(exc, OptedOut):
+        return S(exc.evidence.signal).value, str(exc)
     if isinstance(exc, PrivateAddressRefused):
         return S.PRIVATE_ADDRESS.value, str(exc)
     if isinstance(exc, (DownloadCancelledError, defer.CancelledError)):
