@@ -92,10 +92,6 @@ _CHAINS = (
 #: Content Signals keys that forbid building a training set.
 CONTENT_SIGNAL_KEYS = ("ai-train",)
 
-#: Largest policy file read (RFC 9309 asks crawlers to read at least 500 KiB of robots.txt).
-MAX_FILE_BYTES = 512 * 1024
-
-
 @dataclass(frozen=True)
 class OptOut:
     """Evidence that a URL is opted out: which signal, where it was found, what it said."""
@@ -518,14 +514,6 @@ def robots_tag_opt_out(values: Sequence[str], source: str, agent: str | None = N
         if robots_directives(value, agent) & NOAI_DIRECTIVES:
             return OptOut(NOAI, source, value.strip())
     return None
-
-
-def header_lists(pairs: Iterable[tuple[str, Sequence[str]]]) -> dict[str, list[str]]:
-    """Header values by lower-cased name."""
-    out: dict[str, list[str]] = {}
-    for name, values in pairs:
-        out.setdefault(name.lower(), []).extend(values)
-    return out
 
 
 def page_meta(html: Selector, agent: str) -> tuple[OptOut | None, TdmDeclaration]:

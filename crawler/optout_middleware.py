@@ -118,7 +118,7 @@ class OptOutMiddleware:
         request = Request(
             url,
             priority=self.DOWNLOAD_PRIORITY,
-            meta={FILE_META: True, "dont_obey_robotstxt": True, "download_maxsize": optout.MAX_FILE_BYTES},
+            meta={FILE_META: True, "dont_obey_robotstxt": True},  # the page size cap applies, as to robots.txt
             callback=NO_CALLBACK,
         )
         name = url.rsplit("/", 1)[-1]
@@ -141,11 +141,13 @@ class OptOutMiddleware:
         return response.body.decode("utf-8-sig", errors="replace")
 
 
+#: The response headers that can opt a response out.
+SIGNAL_HEADERS = ("x-robots-tag", "content-usage", "tdm-reservation", "tdm-policy")
+
+
 def headers_of(response: Response) -> dict[str, list[str]]:
-    """A response's headers as lists of text by lower-cased name."""
-    return optout.header_lists(
-        (name.decode("latin-1"), [v.decode("latin-1") for v in values]) for name, values in response.headers.items()
-    )
+    """The values of a response's :data:`SIGNAL_HEADERS`, as text, by lower-cased name."""
+    return {name: [v.decode("latin-1") for v in response.headers.getlist(name)] for name in SIGNAL_HEADERS}
 
 
 def response_opt_out(response: Response, agent: str, html: Selector | None = None) -> OptOut | None:

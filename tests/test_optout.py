@@ -278,7 +278,7 @@ def crawled(tmp_path_factory):
             {"location": "/tdm/", "tdm-reservation": 1, "tdm-policy": "https://example.com/policy.json"},
         ]), content_type="application/json")
         pages = ["/images.html", "/tdm/page.html", "/cu/page.html", "/meta-tdm.html", "/meta-tdm-zero.html",
-                 "/cu-header.html", "/noml.html"]
+                 "/cu-header.html", "/noml.html", "/meta-noml.html"]
         a.add("/", page("".join(f'<a href="{p}">{p}</a>' for p in pages)))
         a.add("/images.html", page(imgs(
             "/cu/a.jpg", "/cu/ok/b.jpg", "/tdm/c.jpg", "/tdm/ok/d.jpg", "/img/hdr-tdm.jpg", "/img/hdr-cu.jpg",
@@ -292,10 +292,11 @@ def crawled(tmp_path_factory):
               headers={"tdm-reservation": "1"})
         a.add("/cu-header.html", page(imgs("/img/on-cu-header-page.jpg")), headers={"Content-Usage": "search=y, train-ai=n"})
         a.add("/noml.html", page(imgs("/img/on-noml-page.jpg")), headers={"X-Robots-Tag": "noml"})
+        a.add("/meta-noml.html", page(imgs("/img/on-meta-noml-page.jpg"), head='<meta name="robots" content="index, noml">'))
         for n, path in enumerate(["/cu/a.jpg", "/cu/ok/b.jpg", "/tdm/c.jpg", "/tdm/ok/d.jpg", "/img/plain.jpg",
                                   "/img/other-noml.jpg", "/private/p.jpg", "/img/on-tdm-page.jpg", "/img/on-cu-page.jpg",
                                   "/img/on-meta-page.jpg", "/img/on-meta-zero-page.jpg", "/img/on-cu-header-page.jpg",
-                                  "/img/on-noml-page.jpg"]):
+                                  "/img/on-noml-page.jpg", "/img/on-meta-noml-page.jpg"]):
             a.add(path, jpeg(pattern=n + 1), content_type=IMG)
         a.routes["/img/other-noml.jpg"].headers = {"X-Robots-Tag": "otherbot: noml"}
         a.add("/img/hdr-tdm.jpg", jpeg(pattern=20), content_type=IMG, headers={"tdm-reservation": "1"})
@@ -390,7 +391,9 @@ def test_page_headers_cover_their_images(crawled):
     a = crawled["hosts"]["a"]
     assert evidence(row(crawled, "a", "/img/on-cu-header-page.jpg"))[:3] == ("content_usage", "content_usage", "Content-Usage header")
     assert evidence(row(crawled, "a", "/img/on-noml-page.jpg")) == ("noai", "noai", "X-Robots-Tag", "noml")
-    assert a.requested("/img/on-cu-header-page.jpg") == 0 and a.requested("/img/on-noml-page.jpg") == 0
+    assert evidence(row(crawled, "a", "/img/on-meta-noml-page.jpg")) == ("noai", "noai", "meta robots", "index, noml")
+    for path in ("/img/on-cu-header-page.jpg", "/img/on-noml-page.jpg", "/img/on-meta-noml-page.jpg"):
+        assert a.requested(path) == 0, path
 
 
 def test_ai_txt(crawled):
@@ -416,8 +419,8 @@ def test_robots_refusal_keeps_its_rule(crawled):
 
 def test_stats_count_pages_and_images_by_signal(crawled):
     stats = crawled["stats"]
-    assert stats["pages"] == {"ok": 3, "tdmrep": 2, "content_usage": 2, "noai": 1}
-    assert stats["images"] == {"ok": 7, "tdmrep": 3, "content_usage": 3, "content_signal": 1, "ai_txt": 1, "noai": 2,
+    assert stats["pages"] == {"ok": 3, "tdmrep": 2, "content_usage": 2, "noai": 2}
+    assert stats["images"] == {"ok": 7, "tdmrep": 3, "content_usage": 3, "content_signal": 1, "ai_txt": 1, "noai": 3,
                                "robots": 1}
     assert stats["images_total"] == len(crawled["rows"]) and stats["pending"] == 0
 
