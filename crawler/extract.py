@@ -19,7 +19,7 @@ from .captions import find_caption
 from .chrome import chrome_reason, nav_link_targets
 from .pagetext import CONTEXT_CHARS, TextRenderer, image_context
 
-OPT_OUT_DIRECTIVES = frozenset({"noai", "noimageai"})
+OPT_OUT_DIRECTIVES = frozenset({"noai", "noimageai", "noml"})
 
 
 @dataclass
@@ -74,7 +74,7 @@ def robots_directives(value: str | None, agent: str | None = None) -> set[str]:
 
 
 def opt_out_in(values: list[str], agent: str | None = None) -> str | None:
-    """The first noai/noimageai directive in any of ``values`` (for everyone, or for ``agent``)."""
+    """The first noai/noimageai/noml directive in any of ``values`` (for everyone, or for ``agent``)."""
     for v in values:
         hit = robots_directives(v, agent) & OPT_OUT_DIRECTIVES
         if hit:

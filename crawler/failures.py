@@ -18,6 +18,7 @@ from twisted.python.failure import Failure
 from common.records import PageStatus, Status, http_status
 
 from .middlewares import Blocked, PrivateAddressRefused
+from .optout_middleware import OptedOut
 from .resolver import PrivateAnswer, refusal_for
 from .upstream import TWISTED_CONNECTION_ERRORS, RobotsForbidden
 
@@ -56,6 +57,8 @@ def failure_status(failure: Failure, page: bool) -> tuple[str, str] | None:
         return http_status(exc.response.status), f"HTTP {exc.response.status}"
     if isinstance(exc, RobotsForbidden):
         return S.ROBOTS.value, "disallowed by robots.txt (not requested)"
+    if isinstance(exc, OptedOut):
+        return S(exc.evidence.signal).value, str(exc)
     if isinstance(exc, PrivateAddressRefused):
         return S.PRIVATE_ADDRESS.value, str(exc)
     if isinstance(exc, Blocked):

@@ -33,8 +33,11 @@ class Blocked(IgnoreRequest):
     """The URL (or its domain) is on the takedown blocklist; ``entry`` is the takedown line."""
 
     def __init__(self, entry: str):
+        from .optout import OptOut
+
         super().__init__(f"blocklist: {entry}")
         self.entry = entry
+        self.evidence = OptOut("blocked", "takedown blocklist", entry)
 
 
 class BlocklistMiddleware:

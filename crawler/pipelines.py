@@ -280,7 +280,8 @@ class ImagePipeline:
     def _apply_blocklist(self, row: dict[str, Any]) -> None:
         """A downloaded image whose bytes (sha256) or picture (pHash) are taken down: no bytes kept."""
         if (entry := self.blocklist.match_content(row.get("sha256"), row.get("phash"))) is not None:
-            row.update(status=Status.BLOCKED.value, error=f"blocklist: {entry}", image=None)
+            row.update(status=Status.BLOCKED.value, error=f"blocklist: {entry}", image=None, opt_out_signal="blocked",
+                       opt_out_source="takedown blocklist", opt_out_value=entry)
             self.stats.inc_value("capcrawl/blocklist_discarded")
 
     async def close_spider(self, spider=None) -> None:

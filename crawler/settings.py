@@ -75,6 +75,9 @@ DOWNLOADER_MIDDLEWARES = {
     "scrapy.downloadermiddlewares.offsite.OffsiteMiddleware": None,
     "scrapy.downloadermiddlewares.robotstxt.RobotsTxtMiddleware": None,
     "crawler.upstream.RobotsMiddleware": 100,
+    # After robots.txt: refuses URLs opted out by tdmrep.json, ai.txt or robots.txt's
+    # Content-Usage / Content-Signal rules, before they are requested (crawler/optout_middleware.py).
+    "crawler.optout_middleware.OptOutMiddleware": 110,
     "scrapy.downloadermiddlewares.httpauth.HttpAuthMiddleware": None,
     "crawler.middlewares.RetryAfterMiddleware": 540,
     "scrapy.downloadermiddlewares.stats.DownloaderStats": None,

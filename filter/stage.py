@@ -29,10 +29,8 @@ from common.errors import ConfigError
 from common.fileio import atomic_write_bytes, atomic_write_json, atomic_write_parquet, remove_stale_temps
 from common.layout import DONE_FILE, STATS_FILE, emb_name, list_parts, parse_part_name
 from common.options import digest
-from common.alttext import boilerplate_alt
 from common.chrome import PageCounts, chrome_reason
 from common.records import CRAWL_SCHEMA, SCHEMA_VERSION, SCORED_SCHEMA, CaptionSource, FilterReason, Status, conform
-from common.text import clean_text
 from filter import columns as col
 from filter.candidates import Candidate, render_labels, row_candidates
 from filter.config import FilterConfig

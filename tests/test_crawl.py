@@ -641,6 +641,8 @@ def test_blocklist_at_crawl_time(tmp_path, site, other_site):
     stats = json.loads((tmp_path / "w" / "crawl" / "stats.json").read_text())
     assert stats["images"]["blocked"] == 4 and stats["pages"]["blocked"] == 1
     assert "blocklist: " in rows[site.url("/url.jpg")]["error"]
+    evidence = [(r["opt_out_signal"], r["opt_out_source"], r["opt_out_value"]) for r in (rows[site.url("/url.jpg")], rows[site.url("/sha.jpg")])]
+    assert evidence == [("blocked", "takedown blocklist", site.url("/url.jpg")), ("blocked", "takedown blocklist", "sha256:...")]
     proc = run_cli("crawl", site.url("/"), "--work", str(tmp_path / "w2"), "--blocklist", str(tmp_path / "none.jsonl"))
     assert proc.returncode == 2 and "blocklist" in proc.stderr
 
