@@ -37,6 +37,9 @@ class FilterConfig:
     device: str = option("auto", "--device", "auto (cuda when available), cpu, or cuda[:N] (default auto)", group=_HW)
     precision: str = option("auto", "--precision", "auto = fp16 autocast on CUDA, fp32 on CPU (default auto)",
                             choices=PRECISIONS, group=_HW)
+    decode: str = option("auto", "--decode", "where stored JPEGs are decoded and resized: pil = in the DataLoader "
+                         "workers, torch = as tensors on the model's device (nvJPEG on CUDA); auto = torch on CUDA, "
+                         "pil on CPU", choices=("auto", "pil", "torch"), group=_HW)
     batch_size: int = option(DEFAULT_BATCH_SIZE, "--batch-size", f"images per model batch (default {DEFAULT_BATCH_SIZE})",
                              check=positive, group=_HW)
     workers: int = option(min(8, os.cpu_count() or 1), "--workers", "DataLoader worker processes decoding images "

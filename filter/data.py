@@ -25,6 +25,8 @@ from common.alttext import boilerplate_alt
 from common.records import Status
 from common.text import clean_text
 
+from .tensor_decode import is_jpeg
+
 log = logging.getLogger(__name__)
 
 
@@ -37,14 +39,19 @@ def clean_alt(raw: str | None) -> tuple[str, str | None]:
 
 @dataclass
 class Batch:
-    """One model batch: ``pixels`` holds only the rows that decoded (``ok``)."""
+    """One model batch: ``pixels`` holds the rows the workers decoded (``ok``), in order.
+
+    With tensor decoding, JPEG rows come as ``raw`` bytes instead (their ``ok`` is False until
+    the main process decodes them on the model's device).
+    """
 
     parts: torch.Tensor  # index of each row's part in the run, shape (B,)
     indices: torch.Tensor  # row number among its part's ok rows, shape (B,)
-    ok: torch.Tensor  # bool (B,): decoded
+    ok: torch.Tensor  # bool (B,): decoded by a worker
     pixels: torch.Tensor  # (ok.sum(), C, H, W)
     alts: list[str]  # cleaned alt text per row ("" = none)
     alt_tokens: torch.Tensor  # (B, context_length)
+    raw: list[bytes | None] | None = None  # JPEG bytes left to decode on the device (tensor decoding)
 
     def pin_memory(self) -> "Batch":
         self.pixels = self.pixels.pin_memory()
@@ -88,20 +95,21 @@ class PartPlan:
 class RunImages(Dataset):
     """Every ok row of a run's parts, in order: decoded, preprocessed image and tokenised alt."""
 
-    def __init__(self, plans: Sequence[PartPlan], preprocess: Callable, tokenizer: Callable):
+    def __init__(self, plans: Sequence[PartPlan], preprocess: Callable, tokenizer: Callable, raw_jpegs: bool = False):
         self.plans = list(plans)
         self.preprocess = preprocess
         self.tokenizer = tokenizer
+        self.raw_jpegs = raw_jpegs  # JPEGs go to the main process undecoded (decoded there on the device)
         self.offsets = np.concatenate([[0], np.cumsum([len(p) for p in self.plans])]).astype(np.int64)
         self._files: dict[int, pq.ParquetFile] = {}  # opened lazily, in each worker
 
     def __len__(self) -> int:
         return int(self.offsets[-1])
 
-    def __getitem__(self, i: int) -> tuple[int, int, torch.Tensor | None, str]:
+    def __getitem__(self, i: int) -> tuple:
         return self.__getitems__([i])[0]
 
-    def __getitems__(self, indices: Sequence[int]) -> list[tuple[int, int, torch.Tensor | None, str]]:
+    def __getitems__(self, indices: Sequence[int]) -> list[tuple]:
         """A batch of samples, reading each part's needed row groups once."""
         idx = np.asarray(indices, dtype=np.int64)
         part_of = np.searchsorted(self.offsets, idx, side="right") - 1
@@ -121,8 +129,11 @@ class RunImages(Dataset):
             picked = table.take(local)
             images, alts = picked.column("image").to_pylist(), picked.column("alt").to_pylist()
             for slot, pos, data, raw in zip(mine.tolist(), positions.tolist(), images, alts):
+                if self.raw_jpegs and is_jpeg(data):
+                    out[slot] = (k, pos, None, clean_alt(raw)[0], data)
+                    continue
                 img = decode_image(data)
-                out[slot] = (k, pos, self.preprocess(img) if img is not None else None, clean_alt(raw)[0])
+                out[slot] = (k, pos, self.preprocess(img) if img is not None else None, clean_alt(raw)[0], None)
         return out
 
     def _file(self, k: int) -> pq.ParquetFile:
@@ -135,18 +146,20 @@ class RunImages(Dataset):
         state["_files"] = {}  # open files stay in the process that opened them
         return state
 
-    def collate(self, items: list[tuple[int, int, torch.Tensor | None, str]]) -> Batch:
-        ok = torch.tensor([px is not None for _, _, px, _ in items], dtype=torch.bool)
-        good = [px for _, _, px, _ in items if px is not None]
+    def collate(self, items: list[tuple]) -> Batch:
+        ok = torch.tensor([px is not None for _, _, px, _, _ in items], dtype=torch.bool)
+        good = [px for _, _, px, _, _ in items if px is not None]
         pixels = torch.stack(good) if good else torch.empty(0)
-        alts = [alt for _, _, _, alt in items]
+        alts = [alt for _, _, _, alt, _ in items]
+        raw = [data for *_, data in items]
         return Batch(
-            torch.tensor([k for k, _, _, _ in items]),
-            torch.tensor([i for _, i, _, _ in items]),
+            torch.tensor([k for k, _, _, _, _ in items]),
+            torch.tensor([i for _, i, _, _, _ in items]),
             ok,
             pixels,
             alts,
             self.tokenizer(alts),
+            raw if any(r is not None for r in raw) else None,
         )
 
 

@@ -35,6 +35,7 @@ from filter import columns as col
 from filter.candidates import Candidate, render_labels, row_candidates
 from filter.config import FilterConfig
 from filter.data import Batch, PartPlan, RunImages, clean_alt, make_loader
+from filter.tensor_decode import TensorPreprocess, decode_jpegs
 from filter.language import CONFIDENT, LanguageOf
 from filter.language import check_available as check_language
 from filter.model import LoadedModel, TextEmbeddingCache, check_generation_support, load_model
@@ -199,7 +200,15 @@ class FilterStage:
         self.label_emb = self.texts.embed(self.labels) if self.labels else None
         self.embed_dim = int(self.model.encode_tokens(self.model.tokenizer([""])).shape[-1])
         self.lang = _language_model()
+        self.tensor_pre = self._tensor_preprocess()
         self.page_counts = PageCounts.load(config.crawl_dir)
+
+    def _tensor_preprocess(self) -> TensorPreprocess | None:
+        """The device-side preprocessing when JPEGs are decoded as tensors (``--decode``)."""
+        mode = self.config.decode
+        if mode == "auto":
+            mode = "torch" if self.model.device.type == "cuda" else "pil"
+        return TensorPreprocess.for_model(self.model.model, self.model.device) if mode == "torch" else None
 
     def _want_generation(self) -> bool:
         mode = self.config.generate
@@ -234,7 +243,7 @@ class FilterStage:
             next_part += 1
 
     def _batches(self, plans: list[PartPlan]) -> Iterator[Batch]:
-        dataset = RunImages(plans, self.model.preprocess, self.model.tokenizer)
+        dataset = RunImages(plans, self.model.preprocess, self.model.tokenizer, raw_jpegs=self.tensor_pre is not None)
         if not len(dataset):
             return iter(())
         cfg = self.config
@@ -243,18 +252,19 @@ class FilterStage:
     def _embed_batch(self, batch: Batch, acc: "_Accumulators") -> None:
         """Image embeddings, alt scores and generated captions of one batch, into its parts' accumulators."""
         model = self.model
-        if not batch.ok.any():
+        pixels, ok = self._pixels(batch)
+        if not ok.any():
             return
-        img = model.encode_images(batch.pixels)
-        parts, rows = batch.parts[batch.ok], batch.indices[batch.ok]
-        alts = [a for a, ok in zip(batch.alts, batch.ok.tolist()) if ok]
+        img = model.encode_images(pixels)
+        parts, rows = batch.parts[ok], batch.indices[ok]
+        alts = [a for a, good in zip(batch.alts, ok.tolist()) if good]
         with_alt = [k for k, a in enumerate(alts) if a]
         alt_score = None
         if with_alt:
             texts = [alts[k] for k in with_alt]
-            self.texts.encode_missing_tokens(texts, batch.alt_tokens[batch.ok][with_alt])
+            self.texts.encode_missing_tokens(texts, batch.alt_tokens[ok][with_alt])
             alt_score = (img[with_alt] * self.texts.embed(texts)).sum(-1)
-        generated = self._generate_for_batch(rows, batch.pixels, with_alt, alt_score, parts) if self.generate else {}
+        generated = self._generate_for_batch(rows, pixels, with_alt, alt_score, parts) if self.generate else {}
         scores = torch.full((len(rows),), float("nan"))
         if alt_score is not None:
             scores[with_alt] = alt_score.float().cpu()
@@ -263,6 +273,31 @@ class FilterStage:
             acc[k].add(rows[sel], img[sel.to(img.device)], scores[sel],
                        {r: generated[r_key] for r, r_key in ((int(rows[i]), (k, int(rows[i]))) for i in sel.tolist())
                         if r_key in generated})
+
+    def _pixels(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch's preprocessed pixels in row order, and which rows have them.
+
+        JPEGs the workers left undecoded (tensor decoding) are decoded here, on the device."""
+        if batch.raw is None:
+            return batch.pixels, batch.ok
+        jpeg_rows = [i for i, r in enumerate(batch.raw) if r is not None]
+        decoded = decode_jpegs([batch.raw[i] for i in jpeg_rows], self.model.device)
+        ok = batch.ok.clone()
+        images: dict[int, torch.Tensor] = {}
+        for i, img in zip(jpeg_rows, decoded):
+            if img is not None:
+                ok[i] = True
+                images[i] = img
+        worker_pixels = iter(batch.pixels.to(self.model.device, non_blocking=True)) if batch.ok.any() else iter(())
+        pre = self.tensor_pre(list(images.values())) if images else None
+        from_tensor = iter(pre) if pre is not None else iter(())
+        rows = []
+        for i in range(len(batch.raw)):
+            if batch.ok[i]:
+                rows.append(next(worker_pixels))
+            elif i in images:
+                rows.append(next(from_tensor))
+        return (torch.stack(rows) if rows else torch.empty(0)), ok
 
     def _finish(self, plan: PartPlan, acc: "_Accumulator") -> tuple[Path, pa.Table, np.ndarray]:
         """Read the part, decide every ok row, build its scored table."""

@@ -488,3 +488,31 @@ def test_caption_candidates_are_the_evidence(tiny, tmp_path):
     if got[col.CAPTION] is not None:
         assert {"text": got[col.CAPTION], "source": got[col.CAPTION_SOURCE]} in [
             {"text": c["text"], "source": c["source"]} for c in cands]
+
+
+def test_tensor_decoding_matches_the_pil_path(tiny, tmp_path):
+    """--decode torch (nvJPEG on a GPU; torchvision's CPU decoder here) preprocesses as open_clip's
+    PIL transform does, to rounding: the same rows kept, scores within 0.02, and PNGs and broken
+    bytes handled as before."""
+    import io as _io
+
+    from PIL import Image as _Image
+
+    buf = _io.BytesIO()
+    render_shape("star", "blue", 150, np.random.default_rng(3)).save(buf, "PNG")
+    rows = _demo_rows() + [crawl_row("star", "blue", 9, alt="a blue star", image=buf.getvalue(), image_format="png"),
+                           crawl_row(None, None, 10, image=b"\xff\xd8\xff\xe0" + b"x" * 100, alt="a broken jpeg")]
+    assert _Image.open(_io.BytesIO(buf.getvalue())).format == "PNG"
+    got = {}
+    for mode in ("pil", "torch"):
+        write_part(tmp_path / mode, 0, rows)
+        run_filter(filter_config(tmp_path / mode, *tiny_args(tiny), "--decode", mode, "--threshold", "-1"))
+        got[mode] = _scored(tmp_path / mode).to_pylist()
+    for a, b in zip(got["pil"], got["torch"]):
+        assert (a[col.URL], a[col.FILTER_REASON], a[col.CAPTION_SOURCE] is None) == (b[col.URL], b[col.FILTER_REASON], b[col.CAPTION_SOURCE] is None)
+        if a[col.ALT_SCORE] is not None:
+            assert abs(a[col.ALT_SCORE] - b[col.ALT_SCORE]) < 0.02, (a[col.URL], a[col.ALT_SCORE], b[col.ALT_SCORE])
+    assert got["torch"][-1][col.FILTER_REASON] == "decode_error"
+    emb = [np.load(tmp_path / m / SCORED_DIR / emb_name(part_name(0))).astype(np.float32) for m in ("pil", "torch")]
+    decoded = (emb[0] != 0).any(axis=1)
+    assert ((emb[0] * emb[1]).sum(axis=1)[decoded] > 0.98).all()
