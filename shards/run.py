@@ -51,11 +51,11 @@ def load_existing(out: Path, with_embeddings: bool) -> Existing:
         tables.append(table)
         embs.append(emb)
     if not tables:
-        return Existing([], [], HashSet([], np.zeros(0, np.uint64), np.zeros(0, bool), None))
+        return Existing([], [], HashSet(pa.array([], pa.string()), np.zeros(0, np.uint64), np.zeros(0, bool), None))
     index = pa.concat_tables(tables)
     phash, valid = hex_to_uint64(index.column("phash").to_pylist())
     emb = _stack_index_embeddings(embs, [t.num_rows for t in tables]) if with_embeddings else None
-    hashes = HashSet(index.column("sha256").to_pylist(), phash, valid, emb)
+    hashes = HashSet(index.column("sha256"), phash, valid, emb)
     return Existing(index.column("key").to_pylist(), index.column("url").to_pylist(), hashes, ledger_of(index))
 
 
@@ -87,7 +87,7 @@ def _stack_index_embeddings(embs: list[np.ndarray | None], sizes: list[int]) -> 
 
 def _candidate_hashes(cands: Candidates) -> HashSet:
     phash, valid = hex_to_uint64(cands.meta.column("phash").to_pylist())
-    return HashSet(cands.meta.column("sha256").to_pylist(), phash, valid, cands.embeddings)
+    return HashSet(cands.meta.column("sha256"), phash, valid, cands.embeddings)
 
 
 def decide(cands: Candidates, existing: Existing, blocklist: Blocklist, config: ShardsConfig) -> Verdicts:
