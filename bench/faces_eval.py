@@ -32,9 +32,9 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 from PIL import Image
@@ -283,7 +283,7 @@ def report(result: dict, detectors: list[Detector], sizes: list[int]) -> None:
             print(f"  ms/image on face-free photos @{size}: {result['face_free'][det.name][size]['ms_mean']:.1f}")
         for size in sizes:
             per = result["photos"][det.name][size]
-            print(f"  photos @{size}: " + "; ".join(f"{n} face {p['face_px']}px best {['%.2f' % s for s in p['best_scores']]} stray {['%.2f' % s for s in p['stray_scores'][:3]]}" for n, p in per.items()))
+            print(f"  photos @{size}: " + "; ".join(f"{n} face {p['face_px']}px best {[f'{s:.2f}' for s in p['best_scores']]} stray {[f'{s:.2f}' for s in p['stray_scores'][:3]]}" for n, p in per.items()))
             ff = result["face_free"][det.name][size]["scores"]
             top = sorted(((sc[0], n) for n, sc in ff.items() if sc), reverse=True)[:5]
             print(f"  face-free @{size} top scores: {[(n, round(s, 2)) for s, n in top]}")

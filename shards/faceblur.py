@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import io
 import math
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 from PIL import Image, ImageChops, ImageDraw, ImageFilter, JpegImagePlugin
 
