@@ -65,6 +65,10 @@ class FilterConfig:
                                  f"caption; {{}} is the phrase (default {DEFAULT_LABEL_TEMPLATE!r})", group=_CAPS)
     generate: str = option("auto", "--generate", "CoCa generated captions as candidates: auto = on for CoCa models "
                            "(needs the capcrawl[coca] extra, transformers<4.57)", choices=GENERATE_MODES, group=_CAPS)
+    detect_faces: bool = option(True, "--no-face-detection", "do not look for faces in kept images (they are then not "
+                                "blurred in the shards either)", action="store_false", group=_OUT)
+    face_threads: int = option(0, "--face-threads", "threads detecting faces (default 0: one per core)",
+                               check=non_negative, group=_HW)
     embeddings: bool = option(True, "--no-embeddings", "do not write emb-NNNNN.npy image embeddings",
                               action="store_false", group=_OUT)
     shard_index: int = option(0, "--shard-index", "this machine's index among --num-shards; it scores parts whose "
@@ -92,6 +96,10 @@ class FilterConfig:
         for code in self.languages:
             if not code.isalpha() or not 2 <= len(code) <= 3:
                 raise ConfigError(f"--languages takes ISO 639 codes such as en,de; got {code!r}.")
+        if self.detect_faces:
+            from filter.faces import check_available
+
+            check_available()
         if self.languages or self.threshold_by_lang:
             from filter.language import check_available
 

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from crawler.records import ConfigError
+from common.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

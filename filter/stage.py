@@ -11,12 +11,13 @@ from __future__ import annotations
 import io
 import logging
 import math
+import os
 import time
 import zlib
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
@@ -34,7 +35,7 @@ from common.records import CRAWL_SCHEMA, SCHEMA_VERSION, SCORED_SCHEMA, CaptionS
 from filter import columns as col
 from filter.candidates import Candidate, render_labels, row_candidates
 from filter.config import FilterConfig
-from filter.data import Batch, PartPlan, RunImages, clean_alt, make_loader
+from filter.data import Batch, PartPlan, RunImages, clean_alt, decode_image, make_loader
 from filter.tensor_decode import TensorPreprocess, decode_jpegs
 from filter.language import CONFIDENT, LanguageOf
 from filter.language import check_available as check_language
@@ -140,6 +141,43 @@ class RowVerdict:
     language: tuple[str, float] | None  # (code, score) of the chosen caption
 
 
+def detect_in_bytes(detector: "FaceDetector", data: bytes | None) -> list:
+    """Faces in stored image bytes (none when they do not decode)."""
+    img = decode_image(data)
+    return detector.detect_one(img) if img is not None else []
+
+
+@dataclass
+class ScoredPart:
+    """A scored part on its way to disk: its table, embeddings and the face detection still running."""
+
+    path: Path
+    _table: pa.Table
+    embeddings: np.ndarray
+    faces: dict[int, "Future"] | None = None  # kept row -> its faces, being detected
+
+    @property
+    def rows(self) -> int:
+        return self._table.num_rows
+
+    def table(self) -> pa.Table:
+        """The scored table, with ``face_bboxes`` / ``face_scores`` of the kept rows once detected."""
+        if self.faces is None:
+            return self._table
+        boxes: list = [None] * self._table.num_rows
+        scores: list = [None] * self._table.num_rows
+        for i, future in self.faces.items():
+            found = future.result()
+            boxes[i] = [list(f.box) for f in found]
+            scores[i] = [float(f.score) for f in found]
+        t = self._table
+        for name, values in ((col.FACE_BBOXES, boxes), (col.FACE_SCORES, scores)):
+            field = SCORED_SCHEMA.field(name)
+            t = t.set_column(SCORED_SCHEMA.get_field_index(name), field, pa.array(values, type=field.type))
+        self._table, self.faces = t, None
+        return t
+
+
 class _Accumulators:
     """The accumulators of the parts being scored, made when a part's first batch arrives."""
 
@@ -201,7 +239,23 @@ class FilterStage:
         self.embed_dim = int(self.model.encode_tokens(self.model.tokenizer([""])).shape[-1])
         self.lang = _language_model()
         self.tensor_pre = self._tensor_preprocess()
+        self.face_detector, self.faces = self._face_detection()
         self.page_counts = PageCounts.load(config.crawl_dir)
+
+    def _face_detection(self) -> tuple["FaceDetector | None", ThreadPoolExecutor | None]:
+        """The face detector and the threads it runs on (it releases the GIL), or Nones."""
+        if not self.config.detect_faces:
+            return None, None
+        from filter.faces import FaceDetector, check_available
+
+        check_available()
+        threads = self.config.face_threads or max(1, os.cpu_count() or 1)
+        return FaceDetector(threads=1), ThreadPoolExecutor(threads, thread_name_prefix="faces")
+
+    def close(self) -> None:
+        """Stop the face-detection threads (after the last part was written)."""
+        if self.faces is not None:
+            self.faces.shutdown(wait=True)
 
     def _tensor_preprocess(self) -> TensorPreprocess | None:
         """The device-side preprocessing when JPEGs are decoded as tensors (``--decode``)."""
@@ -221,9 +275,10 @@ class FilterStage:
 
     # --- the per-part pipeline -------------------------------------------------------
 
-    def score_parts(self, parts: Sequence[Path]) -> Iterator[tuple[Path, pa.Table, np.ndarray]]:
+    def score_parts(self, parts: Sequence[Path]) -> Iterator["ScoredPart"]:
         """Score ``parts`` through one loader: yields each part's scored table (ok rows only,
-        SCORED_SCHEMA) and its row-aligned float16 embeddings, in order, as soon as it is done.
+        SCORED_SCHEMA) and its row-aligned float16 embeddings, in order, as soon as it is done
+        (face detection on its kept rows may still be running: :meth:`ScoredPart.table`).
 
         The images of every part stream through the same DataLoader; a part is finished (its
         candidates scored, its verdicts decided) while the loader's workers already decode the
@@ -299,8 +354,8 @@ class FilterStage:
                 rows.append(next(from_tensor))
         return (torch.stack(rows) if rows else torch.empty(0)), ok
 
-    def _finish(self, plan: PartPlan, acc: "_Accumulator") -> tuple[Path, pa.Table, np.ndarray]:
-        """Read the part, decide every ok row, build its scored table."""
+    def _finish(self, plan: PartPlan, acc: "_Accumulator") -> "ScoredPart":
+        """Read the part, decide every ok row, build its scored table, start face detection on the kept rows."""
         table = pq.read_table(plan.path)
         ok = conform(table.filter(pc.equal(table.column(col.STATUS), Status.OK.value)), CRAWL_SCHEMA)
         if ok.num_rows != len(plan):
@@ -312,7 +367,12 @@ class FilterStage:
         scored = _scored_table(ok, scores, verdicts).set_column(
             SCORED_SCHEMA.get_field_index(col.ALT_IGNORED), SCORED_SCHEMA.field(col.ALT_IGNORED), pa.array(list(ignored), pa.string())
         )
-        return plan.path, scored, scores.embeddings.cpu().numpy().astype(np.float16)
+        faces = None
+        if self.faces is not None:
+            kept = [i for i, v in enumerate(verdicts) if v.decision.kept]
+            images = ok.column(col.IMAGE)
+            faces = {i: self.faces.submit(detect_in_bytes, self.face_detector, images[i].as_py()) for i in kept}
+        return ScoredPart(plan.path, scored, scores.embeddings.cpu().numpy().astype(np.float16), faces)
 
     def _with_chrome(self, ok: pa.Table) -> pa.Table:
         """The rows with ``page_count`` / ``host_pages`` and, where the site-chrome rule says so, ``chrome``."""
@@ -418,8 +478,9 @@ class FilterStage:
         out = self.config.scored_dir / part.name
         return out.is_file() and (not self.config.embeddings or (out.parent / emb_name(out)).is_file())
 
-    def write_part(self, part: Path, table: pa.Table, emb: np.ndarray) -> int:
+    def write_part(self, scored: "ScoredPart") -> int:
         """Write one part's outputs: embeddings first, the scored part last (it marks the part done)."""
+        part, table, emb = scored.path, scored.table(), scored.embeddings
         out = self.config.scored_dir / part.name
         if self.config.embeddings:
             buf = io.BytesIO()
@@ -430,7 +491,7 @@ class FilterStage:
 
     def process_part(self, part: Path) -> int:
         """Score one crawl part and write its outputs."""
-        return sum(self.write_part(p, t, e) for p, t, e in self.score_parts([part]))
+        return sum(self.write_part(scored) for scored in self.score_parts([part]))
 
     def run(self, progress: ProgressHook | None = None) -> dict:
         """Score this machine's unfinished parts, then rewrite ``stats.json`` from all scored parts.
@@ -450,13 +511,13 @@ class FilterStage:
         rows = 0
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="filter-writer") as writer:
             pending = []
-            for done, (part, table, emb) in enumerate(self.score_parts(todo), 1):
-                pending.append(writer.submit(self.write_part, part, table, emb))
+            for done, scored in enumerate(self.score_parts(todo), 1):
+                pending.append(writer.submit(self.write_part, scored))
                 while len(pending) > 2:  # at most two finished parts wait in memory
                     rows += pending.pop(0).result()
-                log.info("scored %s: %d rows", part.name, table.num_rows)
+                log.info("scored %s: %d rows", scored.path.name, scored.rows)
                 if progress:
-                    progress(part.name, rows, len(parts) - len(todo) + done, len(parts))
+                    progress(scored.path.name, rows, len(parts) - len(todo) + done, len(parts))
             rows += sum(f.result() for f in pending)
         scored, skipped = len(todo), len(parts) - len(todo)
         stats = collect_stats(cfg)
@@ -525,13 +586,17 @@ def collect_stats(config: FilterConfig) -> dict:
     """Counts over every scored part in ``WORK/scored`` (not just this run's)."""
     reasons: Counter[str] = Counter()
     sources: Counter[str] = Counter()
-    rows = kept = parts = 0
+    rows = kept = parts = with_faces = faces = 0
     for path in list_parts(config.scored_dir):
-        t = pq.read_table(path, columns=[col.KEPT, col.FILTER_REASON, col.CAPTION_SOURCE])
+        names = pq.read_schema(path).names
+        t = pq.read_table(path, columns=[c for c in (col.KEPT, col.FILTER_REASON, col.CAPTION_SOURCE, col.FACE_BBOXES) if c in names])
         parts += 1
         rows += t.num_rows
         kept_col = t.column(col.KEPT).to_pylist()
         kept += sum(kept_col)
+        if col.FACE_BBOXES in t.column_names:
+            counts = [len(b) for b in t.column(col.FACE_BBOXES).to_pylist() if b]
+            with_faces, faces = with_faces + len(counts), faces + sum(counts)
         reasons.update(r for r in t.column(col.FILTER_REASON).to_pylist() if r)
         sources.update(s for s, k in zip(t.column(col.CAPTION_SOURCE).to_pylist(), kept_col) if k and s)
     return {
@@ -546,10 +611,15 @@ def collect_stats(config: FilterConfig) -> dict:
         "threshold": config.threshold,
         "fill_threshold": config.effective_fill_threshold,
         "label_bank_size": len(config.label_phrases),
+        "faces": {"detected": config.detect_faces, "images_with_faces": with_faces, "faces": faces},
     }
 
 
 def run_filter(config: FilterConfig, progress: ProgressHook | None = None) -> dict:
     """The filter stage's one entry point: load the model, score unfinished parts, return the stats."""
     config.check_inputs()
-    return FilterStage(config).run(progress)
+    stage = FilterStage(config)
+    try:
+        return stage.run(progress)
+    finally:
+        stage.close()

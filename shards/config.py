@@ -61,6 +61,9 @@ class ShardsConfig:
                                           check=optional(_cosine), metavar="T")
     no_filter: bool = option(False, "--no-filter", "shard the crawl parts directly (trusted URL-list captions: alt, "
                              "else caption_in), skipping the CLIP filter", action="store_true")
+    faces: str = option("blur", "--faces", "faces the filter found: blur them in the written image (default), drop "
+                        "such samples (counted as faces), or keep them untouched; every sample records what was done "
+                        "(face_action)", choices=("blur", "drop", "keep"))
     licenses: tuple[str, ...] = option((), "--licenses", "write only samples under these licences: SPDX ids, patterns "
                                        "(CC-BY-SA-*) or presets (open, commercial), comma-separated; a sample with an "
                                        "unknown licence is left out too (default: no policy)", parse=parse_list,

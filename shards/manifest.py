@@ -43,6 +43,7 @@ def shard_entries(out: Path) -> list[dict[str, Any]]:
                 "bytes": tar_path(out, name).stat().st_size,
                 "removed": stats.get("removed", {}),
                 "face_count": stats.get("face_count", 0),
+                "face_action": stats.get("face_action", {}),
             }
         )
     return entries
@@ -111,7 +112,9 @@ def respected(out: Path, stages: dict[str, Any], totals: dict[str, Any], options
         },
         "faces": {
             "policy": options.get("faces"),
+            "detected": bool(((stages.get("filter") or {}).get("faces") or {}).get("detected")),
             "faces_found": totals.get("face_count", 0),
+            "samples_by_action": _sum([s.get("face_action", {}) for s in shard_entries(out)]),
             "samples_dropped": dropped.get("faces", 0),
         },
     }

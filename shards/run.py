@@ -19,9 +19,10 @@ import pyarrow as pa
 from common.chrome import PageCounts
 from common.fileio import atomic_write_parquet
 from common.layout import CRAWL_DIR, SCORED_DIR, STATS_FILE
-from common.records import DropReason
+from common.records import DropReason, FaceAction
 from shards.blocklist import Blocklist
 from shards.config import ShardsConfig
+from shards.faceblur import UndecodableImage, blur_faces_bytes
 from shards.dedup import KEPT, HashSet, Verdicts, deduplicate, priority_rank
 from shards.inputs import PART_COLUMN, ROW_COLUMN, Candidates, embedding_dim, iter_rows, load_candidates
 from shards.manifest import update_manifest
@@ -99,6 +100,10 @@ def decide(cands: Candidates, existing: Existing, blocklist: Blocklist, config: 
         verdicts.drop(rows, DropReason.SITE_CHROME, None, [chrome[i] for i in rows])
     no_caption = np.flatnonzero(~cands.has_caption & verdicts.kept)
     verdicts.drop(no_caption, DropReason.NO_CAPTION, None, [None] * no_caption.size)
+    if config.faces == "drop":
+        boxes = cands.meta.column("face_bboxes").to_pylist()
+        rows = np.array([i for i, b in enumerate(boxes) if b and verdicts.reason[i] is None], dtype=np.int64)
+        verdicts.drop(rows, DropReason.FACES, None, [f"{len(boxes[i])} face(s)" for i in rows])
     if (policy := config.license_policy) is not None:
         licenses = cands.meta.column("license").to_pylist()
         for reason in (DropReason.LICENSE_UNKNOWN, DropReason.LICENSE_NOT_ALLOWED):
@@ -155,8 +160,33 @@ def write_samples(
                         log.warning("%s has status ok but no image bytes; skipped", record["url"])
                         no_image += 1
                         continue
-                    keys[pos] = writer.write(record, images[j], None if emb is None else emb[j])
+                    image = apply_face_policy(record, images[j], config.faces)
+                    keys[pos] = writer.write(record, image, None if emb is None else emb[j])
     return keys, writer, no_image
+
+
+def _faces_detected(cands: Candidates) -> bool:
+    """Whether the filter looked for faces in these rows (``face_bboxes`` is set on kept rows then)."""
+    return cands.meta.num_rows == 0 or cands.meta.column("face_bboxes").null_count < cands.meta.num_rows
+
+
+def apply_face_policy(record: dict[str, Any], image: bytes, policy: str) -> bytes:
+    """The image to write under ``--faces`` (blurred where faces were found), and ``face_action``."""
+    boxes = record.get("face_bboxes")
+    if boxes is None:  # detection did not run (--no-filter, or the filter's --no-face-detection)
+        record["face_action"] = None
+        return image
+    if not boxes:
+        record["face_action"] = FaceAction.NONE.value
+        return image
+    if policy == "keep":
+        record["face_action"] = FaceAction.KEPT.value
+        return image
+    record["face_action"] = FaceAction.BLURRED.value
+    try:
+        return blur_faces_bytes(image, boxes)
+    except UndecodableImage:  # the filter decoded it; if it no longer decodes, never write it unblurred
+        raise RuntimeError(f"{record.get('url')}: image with faces does not decode for blurring") from None
 
 
 def write_dedup_log(out: Path, run: int, cands: Candidates, verdicts: Verdicts, keys: list[str | None], existing: Existing) -> Path | None:
@@ -218,6 +248,9 @@ def run_shards(config: ShardsConfig) -> dict[str, Any]:
         existing = load_existing(config.out, config.semantic_dedup is not None)
         cands, already_published, already_decided = skip_decided(cands, existing, config.out)
         verdicts = decide(cands, existing, Blocklist.load(config.out), config)
+        if config.faces != "keep" and not _faces_detected(cands):
+            log.warning("no face detection ran on these rows (%s): faces are neither blurred nor dropped",
+                        "--no-filter" if config.no_filter else "the filter ran with --no-face-detection")
         uncaptioned = int((~cands.has_caption).sum())
         if uncaptioned:
             log.warning(

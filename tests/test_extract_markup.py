@@ -566,7 +566,7 @@ def test_docbook_directory_crawled_through_localsite(tmp_path):
     site_dir = tmp_path / "site"
     (site_dir / "images" / "filters" / "examples").mkdir(parents=True)
     Image.new("RGB", (120, 90), "orange").save(site_dir / "images" / "filters" / "examples" / "blur-demo-orig.png")
-    Image.new("RGB", (80, 60), "teal").save(site_dir / "perlin_noise-iter.gif")
+    Image.new("RGB", (96, 72), "teal").save(site_dir / "perlin_noise-iter.gif")
     body = DOCBOOK_FIGURE + DOCBOOK_MEDIAOBJECT.replace("images/filters/examples/render/perlin_noise-iter.png",
                                                        "perlin_noise-iter.gif")
     (site_dir / "index.html").write_text(
