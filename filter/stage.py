@@ -18,7 +18,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -40,6 +40,9 @@ from filter.tensor_decode import TensorPreprocess, decode_jpegs
 from filter.language import CONFIDENT, LanguageOf
 from filter.language import check_available as check_language
 from filter.model import LoadedModel, TextEmbeddingCache, check_generation_support, load_model
+
+if TYPE_CHECKING:
+    from filter.faces import FaceDetector
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 
 import io
-import multiprocessing as mp
 import subprocess
 import sys
 import threading
