@@ -6,7 +6,7 @@ work any CLIP filter must do per image. The ratio end-to-end / model-alone shoul
 >= 0.9 where the model dominates (ViT-B-32 on a GPU, or on CPU); for the tiny model on
 CPU decoding dominates and the ratio measures the cost of JPEG decoding instead.
 
-    .venv/bin/python bench/filter_bench.py --n 256 --models ViT-B-32 tiny --batch-sizes 64
+    .venv/bin/python bench/filter_bench.py --n 384 --parts 3 --models ViT-B-32 tiny --batch-sizes 64
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ from filter.stage import FilterStage  # noqa: E402
 from capcrawl.tiny import COLORS, SHAPES, TINY_THRESHOLD, caption_for, ensure_tiny_model, render_shape  # noqa: E402
 
 
-def make_crawl_part(work: Path, n: int, size: int = 256) -> list[str]:
-    """One crawl part of ``n`` rendered shapes (JPEG) with unique alts; returns the alts."""
+def make_crawl_parts(work: Path, n: int, parts: int = 1, size: int = 256) -> list[str]:
+    """``n`` rendered shapes (JPEG) with unique alts, over ``parts`` crawl parts; returns the alts."""
     from common.fileio import atomic_write_parquet
     from common.layout import CRAWL_DIR, part_name
     from common.records import CRAWL_SCHEMA, Status, table_from_rows
@@ -46,7 +46,11 @@ def make_crawl_part(work: Path, n: int, size: int = 256) -> list[str]:
         alts.append(f"{caption_for(shape, color)} number {i}")
         rows.append({"url": f"https://bench.example/{i}.jpg", "status": Status.OK.value, "image": buf.getvalue(),
                      "alt": alts[-1]})
-    atomic_write_parquet(table_from_rows(rows, CRAWL_SCHEMA), work / CRAWL_DIR / part_name(0))
+    per = -(-n // parts)
+    for k in range(parts):
+        chunk = rows[k * per : (k + 1) * per]
+        if chunk:
+            atomic_write_parquet(table_from_rows(chunk, CRAWL_SCHEMA), work / CRAWL_DIR / part_name(k), row_group_size=256)
     return alts
 
 
@@ -87,31 +91,35 @@ def bench_one(name: str, model_arg: str, pretrained: str, threshold: float, args
         model = load_model(model_arg, pretrained, args.device, precision)
         for bs in args.batch_sizes:
             alone = model_alone(model, alts, bs)
-            out = Path(tempfile.mkdtemp(dir=work))
-            (out / "crawl").symlink_to(work / "crawl")
-            config = FilterConfig(work=out, model=model_arg, pretrained=pretrained, device=args.device,
-                                  precision=precision, batch_size=bs, workers=args.workers, threshold=threshold)
-            e2e = end_to_end(model, config, len(alts))
-            print(f"{name:10s} {str(model.device):7s} {precision:5s} bs={bs:<5d} workers={args.workers:<3d} "
-                  f"model-alone {alone:9.1f} img/s   end-to-end {e2e:9.1f} img/s   ratio {e2e / alone:5.2f}",
-                  flush=True)
+            for decode in args.decoders:
+                out = Path(tempfile.mkdtemp(dir=work))
+                (out / "crawl").symlink_to(work / "crawl")
+                config = FilterConfig(work=out, model=model_arg, pretrained=pretrained, device=args.device,
+                                      precision=precision, batch_size=bs, workers=args.workers, threshold=threshold,
+                                      decode=decode, embeddings=True)
+                e2e = end_to_end(model, config, len(alts))
+                print(f"{name:10s} {str(model.device):7s} {precision:5s} bs={bs:<5d} workers={args.workers:<3d} "
+                      f"decode={decode:5s} model-alone {alone:9.1f} img/s   end-to-end {e2e:9.1f} img/s   "
+                      f"ratio {e2e / alone:5.2f}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--n", type=int, default=256, help="images in the generated crawl part")
+    p.add_argument("--n", type=int, default=256, help="images in the generated crawl parts")
+    p.add_argument("--parts", type=int, default=1, help="crawl parts the images are spread over (the filter streams them through one loader)")
     p.add_argument("--models", nargs="+", default=["ViT-B-32", "tiny"], help="open_clip names (random weights) or 'tiny'")
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[64])
     p.add_argument("--precisions", nargs="+", default=["auto"])
     p.add_argument("--device", default="cpu")
+    p.add_argument("--decoders", nargs="+", default=["auto"], help="--decode values to try: pil, torch, auto")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--tiny-cache", default=str(Path(tempfile.gettempdir()) / "capcrawl-tiny"))
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        alts = make_crawl_part(work, args.n)
-        print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, n={args.n}", flush=True)
+        alts = make_crawl_parts(work, args.n, args.parts)
+        print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, n={args.n}, parts={args.parts}", flush=True)
         for name in args.models:
             if name == "tiny":
                 config_json, ckpt = ensure_tiny_model(args.tiny_cache)

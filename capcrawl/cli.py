@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     groups: dict = {}
     add_options(p, CrawlConfig, skip=LIST_ONLY, groups=groups)
     add_options(p, FilterConfig, skip=("work",), groups=groups)
-    add_options(p, ShardsConfig, skip=("work",), groups=groups)
+    add_options(p, ShardsConfig, skip=("work", "site_chrome"), groups=groups)  # --keep-site-chrome: the filter's
 
     p = sub.add_parser("remove", help="apply a takedown list to existing shards")
     add_options(p, RemoveConfig)

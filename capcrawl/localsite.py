@@ -7,6 +7,7 @@ logs every request it receives.
 
 from __future__ import annotations
 
+import mimetypes
 import threading
 import time
 from dataclasses import dataclass, field
@@ -35,6 +36,19 @@ class LoggedRequest:
     path: str
     user_agent: str
     at: float
+
+
+_CONTENT_TYPES = {".html": "text/html; charset=utf-8", ".jpg": "image/jpeg", ".png": "image/png",
+                  ".webp": "image/webp", ".txt": "text/plain"}
+
+
+def content_type(path: Path) -> str:
+    """Content type of a served file: the fixed map above, then the platform's ``mimetypes``
+    (``.gif``, ``.css``, ``.svg``, ``.jpeg``, ``.xml`` ...), else ``application/octet-stream``."""
+    if path.suffix in _CONTENT_TYPES:
+        return _CONTENT_TYPES[path.suffix]
+    guessed, _ = mimetypes.guess_type(path.name, strict=False)
+    return guessed or "application/octet-stream"
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -140,9 +154,7 @@ class LocalSite:
         target = (self.root / path.split("?", 1)[0].lstrip("/")).resolve()
         if self.root.resolve() not in target.parents or not target.is_file():
             return None
-        ctype = {".html": "text/html; charset=utf-8", ".jpg": "image/jpeg", ".png": "image/png",
-                 ".webp": "image/webp", ".txt": "text/plain"}.get(target.suffix, "application/octet-stream")
-        return Route(body=target.read_bytes(), content_type=ctype)
+        return Route(body=target.read_bytes(), content_type=content_type(target))
 
     def record(self, entry: LoggedRequest) -> None:
         with self.lock:

@@ -40,6 +40,16 @@ def check_model(config: FilterConfig) -> None:
     resolve_checkpoint(resolve_model_name(config.model, config.model_cache_dir), config.pretrained, config.model_cache_dir)
 
 
+def with_out_blocklist(config: CrawlConfig, out: Path) -> CrawlConfig:
+    """The crawl config, applying OUT's takedown blocklist unless the user named one."""
+    from common.blocklist import BLOCKLIST_FILE
+
+    path = out / BLOCKLIST_FILE
+    if config.blocklist is None and path.is_file():
+        return config.replace(blocklist=str(path))
+    return config
+
+
 def crawl_interrupted(stats: dict[str, Any]) -> bool:
     """The crawl was stopped by Ctrl-C or a signal (a rerun resumes it)."""
     return stats.get("finish_reason") == "shutdown"
@@ -60,6 +70,7 @@ def run_pipeline(
     """
     if filter_config is not None:
         check_model(filter_config)
+    crawl_config = with_out_blocklist(crawl_config, Path(shards_config.out))
     stats = crawler.run(crawl_config, log_level)
     if not quiet:
         print_crawl_summary(stats, crawl_config.crawl_dir)

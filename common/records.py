@@ -32,10 +32,10 @@ class Status(ValueEnum):
     OK = "ok"
     ROBOTS = "robots"  # robots.txt disallows the URL (never requested)
     NOAI = "noai"  # noai / noimageai / noml in meta robots or X-Robots-Tag
-    TDMREP = "tdmrep"  # W3C TDM reservation: header, meta or /.well-known/tdmrep.json
-    CONTENT_USAGE = "content_usage"  # IETF AI preferences: Content-Usage train-ai=n / ai-use=n
+    TDMREP = "tdmrep"  # W3C TDMRep reservation: tdmrep.json, tdm-reservation header or meta
+    CONTENT_USAGE = "content_usage"  # IETF AI preferences forbid training: Content-Usage header or robots.txt rule
     CONTENT_SIGNAL = "content_signal"  # Content-Signal: ai-train=no in robots.txt
-    AI_TXT = "ai_txt"  # /ai.txt disallows the URL
+    AI_TXT = "ai_txt"  # disallowed by the site's /ai.txt
     OFFSITE = "offsite"  # outside the crawl scope
     PRIVATE_ADDRESS = "private_address"  # host resolves to a private/loopback/reserved address
     TIMEOUT = "timeout"
@@ -63,6 +63,9 @@ class PageStatus(ValueEnum):
     OK = "ok"
     ROBOTS = "robots"
     NOAI = "noai"  # page fetched, its images excluded by meta robots / X-Robots-Tag
+    # Refused by an opt-out signal: never fetched when the host's files (tdmrep.json,
+    # robots.txt Content-Usage / Content-Signal, ai.txt) cover the page; fetched, its links
+    # followed and its images excluded when the page's own headers or meta tags declare it.
     TDMREP = "tdmrep"
     CONTENT_USAGE = "content_usage"
     CONTENT_SIGNAL = "content_signal"
@@ -148,8 +151,8 @@ CRAWL_FIELDS: list[pa.Field] = [
     pa.field("rights_url", pa.string()),  # XMP xmpRights:WebStatement
     pa.field("status", pa.string(), nullable=False),
     pa.field("error", pa.string()),
-    # Evidence of the opt-out that decided (robots, noai, tdmrep, content_usage, ...): the
-    # signal, where it was found (robots.txt, X-Robots-Tag, meta, ai.txt, ...) and its value.
+    # Evidence for a refusal by robots.txt or an opt-out signal (crawler/optout.py): the
+    # signal (the status), where it was found and the rule or value as found.
     pa.field("opt_out_signal", pa.string()),
     pa.field("opt_out_source", pa.string()),
     pa.field("opt_out_value", pa.string()),

@@ -70,6 +70,12 @@ class CrawlConfig:
                                            action="store_true", group=_SAFETY)
     allow_addresses: tuple[str, ...] = option((), "--allow-address", "allow this private network or address only, "
                                               "e.g. 10.1.0.0/16 (repeatable)", action="append", metavar="CIDR", group=_SAFETY)
+    resolve: tuple[str, ...] = option((), "--resolve", "connect to HOST at ADDRESS instead of asking DNS, as curl's "
+                                      "--resolve (repeatable); the address must still be public or allowed",
+                                      action="append", metavar="HOST:ADDRESS", group=_SAFETY)
+    blocklist: str | None = option(None, "--blocklist", "a takedown blocklist (OUT/blocklist.jsonl, as `capcrawl remove` "
+                                   "writes it): blocked pages and images are never requested, blocked bytes (sha256, "
+                                   "pHash) are discarded; `run` applies OUT's own", metavar="FILE", group=_SAFETY)
     ignore_robots: bool = option(False, "--ignore-robots", "do NOT obey robots.txt (only for sites you own)",
                                  action="store_true", group=_SAFETY)
     image_size: int = option(256, "--image-size", "target size in pixels (default %(default)s)", check=positive, group=_IMAGES)
@@ -81,8 +87,8 @@ class CrawlConfig:
     image_format: str = option("jpg", "--image-format", "format of the stored images (default %(default)s)",
                                choices=tuple(IMAGE_FORMATS), group=_IMAGES)
     quality: int = option(95, "--quality", "JPEG/WebP quality (default %(default)s)", check=between(1, 100), group=_IMAGES)
-    min_image_size: int = option(10, "--min-image-size", "images with a smaller side are too_small (default %(default)s)",
-                                 check=non_negative, group=_IMAGES)
+    min_image_size: int = option(64, "--min-image-size", "images whose shorter side is smaller are too_small: icons, "
+                                 "spacers, bullets (default %(default)s)", check=non_negative, group=_IMAGES)
     max_image_bytes: int = option(20 * 1024 * 1024, "--max-image-bytes", "cut larger bodies while streaming (default 20MB)",
                                   parse=parse_size, check=positive, group=_IMAGES)
     max_pixels: int = option(89_478_485, "--max-pixels", "more pixels is a decompression_bomb (default %(default)s)",
@@ -107,6 +113,16 @@ class CrawlConfig:
             parse_networks(self.allow_addresses)
         except ValueError as e:
             raise ConfigError(f"--allow-address takes a network or address such as 10.1.0.0/16 ({e}).") from e
+        from .resolver import parse_pins
+
+        try:
+            parse_pins(self.resolve)
+        except ValueError as e:
+            raise ConfigError(f"--resolve takes HOST:ADDRESS such as example.test:203.0.113.7 ({e}).") from e
+        if self.blocklist:
+            from common.blocklist import BlockSet
+
+            BlockSet.read(self.blocklist)  # a missing or malformed file is a one-line error now
         # per-host concurrency can never exceed the total
         replace_frozen(
             self,
@@ -161,6 +177,9 @@ class CrawlConfig:
             "CAPCRAWL_ALLOW_PRIVATE_ADDRESSES": self.allow_private_addresses,
             "CAPCRAWL_ALLOWED_NETWORKS": list(self.allow_addresses),
             "CAPCRAWL_MAX_RETRY_AFTER": self.max_retry_after,
+            "CAPCRAWL_BLOCKLIST": self.blocklist,
+            "CAPCRAWL_RESOLVE": list(self.resolve),
+            "TWISTED_DNS_RESOLVER": "crawler.resolver.GuardedTwistedResolver",
         }
 
     def to_dict(self) -> dict[str, Any]:

@@ -12,12 +12,14 @@ from urllib.parse import urljoin, urldefrag, urlsplit
 
 from parsel import Selector
 
-from . import licenses
+from common.text import clean_text
 
-CONTEXT_CHARS = 400
-_WS = re.compile(r"\s+")
-_BLOCKS = ("p", "div", "li", "td", "section", "article", "figure", "main", "body")
-OPT_OUT_DIRECTIVES = frozenset({"noai", "noimageai"})
+from . import licenses
+from .captions import find_caption
+from .chrome import chrome_reason, nav_link_targets
+from .pagetext import CONTEXT_CHARS, TextRenderer, image_context
+
+OPT_OUT_DIRECTIVES = frozenset({"noai", "noimageai", "noml"})
 
 
 @dataclass
@@ -27,11 +29,12 @@ class ImageRef:
     url: str
     alt: str | None = None  # None: no alt attribute; "": empty alt
     title_attr: str | None = None
-    figcaption: str | None = None
-    context: str | None = None
+    figcaption: str | None = None  # its caption in any known markup (crawler.captions), label dropped
+    context: str | None = None  # the text nearest to it (crawler.pagetext.image_context), lines joined by "\n"
     license: str | None = None
     license_url: str | None = None
     license_source: str | None = None
+    chrome: str | None = None  # why it looks like site chrome (crawler.chrome), None for content
 
 
 @dataclass
@@ -46,14 +49,9 @@ class PageInfo:
     data_uris: int = 0  # inline data: images seen (never samples)
 
 
-def clean_text(text: str | None, limit: int | None = None) -> str | None:
-    """Collapse whitespace; None for empty results."""
-    if text is None:
-        return None
-    t = _WS.sub(" ", text).strip()
-    if limit and len(t) > limit:
-        t = t[:limit].rsplit(" ", 1)[0]
-    return t or None
+def _text(value: str | None, limit: int | None = None) -> str | None:
+    """Whitespace collapsed (common.text.clean_text); None for absent or blank text."""
+    return clean_text(value, limit) or None
 
 
 _AGENT_PREFIX = re.compile(r"^\s*([A-Za-z][\w-]*)\s*:\s*(.*)$", re.S)
@@ -76,7 +74,7 @@ def robots_directives(value: str | None, agent: str | None = None) -> set[str]:
 
 
 def opt_out_in(values: list[str], agent: str | None = None) -> str | None:
-    """The first noai/noimageai directive in any of ``values`` (for everyone, or for ``agent``)."""
+    """The first noai/noimageai/noml directive in any of ``values`` (for everyone, or for ``agent``)."""
     for v in values:
         hit = robots_directives(v, agent) & OPT_OUT_DIRECTIVES
         if hit:
@@ -127,22 +125,6 @@ def largest_candidate(*srcsets: str | None) -> str | None:
 
 def _has_rel(token: str) -> str:
     return f"contains(concat(' ', normalize-space(translate(@rel, 'LICENS', 'licens')), ' '), ' {token} ')"
-
-
-_TEXT = ".//text()[not(ancestor::script) and not(ancestor::style)]"
-_BLOCK_XPATH = "ancestor::*[" + " or ".join(f"self::{t}" for t in ("p", "div", "li", "td", "figure", "section", "article")) + "]"
-
-
-def _ancestor_text(img: Selector) -> str | None:
-    """Text near an image: its nearest enclosing block with some words (up to three levels),
-    else the elements just before and after it; cut to CONTEXT_CHARS."""
-    for anc in img.xpath(_BLOCK_XPATH)[::-1][:3]:
-        text = clean_text(" ".join(anc.xpath(_TEXT).getall()))
-        if text and len(text) >= 20:
-            return clean_text(text, CONTEXT_CHARS)
-    near = img.xpath("preceding-sibling::*[1] | following-sibling::*[1]")
-    text = clean_text(" ".join(t for n in near for t in n.xpath(_TEXT).getall()))
-    return clean_text(text, CONTEXT_CHARS)
 
 
 def _figure_license(img: Selector, base: str) -> tuple[str | None, str | None]:
@@ -219,10 +201,10 @@ def normalise_url(base: str, href: str) -> str | None:
 
 def extract_page(html: str | Selector, page_url: str, agent_token: str = "capcrawl") -> PageInfo:
     """Read images, licences, links and noai/noimageai opt-outs from one HTML page."""
-    sel = html if isinstance(html, Selector) else Selector(text=html)
+    sel = html if isinstance(html, Selector) else Selector(text=html, type="html")
     base = sel.xpath("//base/@href").get()
     base = urljoin(page_url, base.strip()) if base else page_url
-    info = PageInfo(title=clean_text(sel.xpath("//title/text()").get()))
+    info = PageInfo(title=_text(sel.xpath("//title/text()").get()))
 
     metas = sel.xpath(
         "//meta[translate(@name, 'ROBTS', 'robts')='robots' or translate(@name, 'ABCDEFGHIJKLMNOPQRSTUVWXYZ', "
@@ -240,6 +222,8 @@ def extract_page(html: str | Selector, page_url: str, agent_token: str = "capcra
         info.license_source = source
 
     structured = _structured_image_licenses(sel, base)
+    renderer, context_renderer = TextRenderer(), TextRenderer(blank_figures=True)
+    nav_targets = nav_link_targets(sel.root, base)
     for img in sel.xpath("//img"):
         raw = _image_url(img)
         if not raw or raw.startswith("data:"):
@@ -248,15 +232,17 @@ def extract_page(html: str | Selector, page_url: str, agent_token: str = "capcra
         url = normalise_url(base, raw)
         if not url:
             continue
+        caption = find_caption(img.root, renderer)
         ref = ImageRef(
             url=url,
             alt=img.attrib.get("alt"),
-            title_attr=clean_text(img.attrib.get("title")),
-            figcaption=clean_text(" ".join(img.xpath("ancestor::figure[1]/figcaption//text()").getall())),
-            context=_ancestor_text(img),
+            title_attr=_text(img.attrib.get("title")),
+            figcaption=caption[0] if caption else None,
+            context=image_context(img.root, context_renderer),
+            chrome=chrome_reason(img.root, nav_targets, base, renderer),
         )
         if ref.alt is not None:
-            ref.alt = clean_text(ref.alt) or ""
+            ref.alt = clean_text(ref.alt)
         lic, lurl = _figure_license(img, base)
         if lurl:
             ref.license, ref.license_url, ref.license_source = lic, lurl, "figure:a-rel"
@@ -270,7 +256,7 @@ def extract_page(html: str | Selector, page_url: str, agent_token: str = "capcra
         url = normalise_url(base, og)
         if url and all(url != i.url for i in info.images):
             lic = structured.get(url, (info.license, info.license_url, info.license_source))
-            desc = clean_text(sel.xpath("//meta[@property='og:description']/@content").get(), CONTEXT_CHARS)
+            desc = _text(sel.xpath("//meta[@property='og:description']/@content").get(), CONTEXT_CHARS)
             info.images.append(ImageRef(url=url, context=desc, license=lic[0], license_url=lic[1], license_source=lic[2]))
 
     seen: set[str] = set()

@@ -17,7 +17,9 @@ from twisted.python.failure import Failure
 
 from common.records import PageStatus, Status, http_status
 
-from .middlewares import PrivateAddressRefused
+from .middlewares import Blocked, PrivateAddressRefused
+from .optout_middleware import OptedOut
+from .resolver import PrivateAnswer, refusal_for
 from .upstream import TWISTED_CONNECTION_ERRORS, RobotsForbidden
 
 _TIMEOUTS = (DownloadTimeoutError, txerror.TimeoutError, txerror.TCPTimedOutError, defer.TimeoutError)
@@ -33,6 +35,17 @@ _CONNECTION = (
 )
 
 
+def _private_answer(exc: BaseException) -> PrivateAnswer | None:
+    """The resolver's refusal of a non-public address, wherever the client wrapped it."""
+    seen = 0
+    while exc is not None and seen < 8:
+        if isinstance(exc, PrivateAnswer):
+            return exc
+        exc = exc.__cause__ or exc.__context__ or getattr(exc, "os_error", None)
+        seen += 1
+    return None
+
+
 def failure_status(failure: Failure, page: bool) -> tuple[str, str] | None:
     """``(status, error)`` for a failed request; None when it was cancelled by shutdown."""
     exc = failure.value
@@ -44,8 +57,19 @@ def failure_status(failure: Failure, page: bool) -> tuple[str, str] | None:
         return http_status(exc.response.status), f"HTTP {exc.response.status}"
     if isinstance(exc, RobotsForbidden):
         return S.ROBOTS.value, "disallowed by robots.txt (not requested)"
+    if isinstance(exc, OptedOut):
+        return S(exc.evidence.signal).value, str(exc)
     if isinstance(exc, PrivateAddressRefused):
         return S.PRIVATE_ADDRESS.value, str(exc)
+    if isinstance(exc, Blocked):
+        return S.BLOCKED.value, str(exc)
+    if (answer := _private_answer(exc)) is not None:
+        return S.PRIVATE_ADDRESS.value, str(answer)
+    if isinstance(exc, _DNS) and failure.request is not None:
+        from scrapy.utils.httpobj import urlparse_cached
+
+        if (why := refusal_for(urlparse_cached(failure.request).hostname)) is not None:
+            return S.PRIVATE_ADDRESS.value, why
     if isinstance(exc, (DownloadCancelledError, defer.CancelledError)):
         if "max size" in str(exc) or "maxsize" in str(exc) or "larger than" in str(exc):
             return S.TOO_LARGE.value, str(exc)

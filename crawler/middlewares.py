@@ -29,6 +29,45 @@ class PrivateAddressRefused(IgnoreRequest):
     """The URL's host resolves to a private, loopback, link-local or reserved address."""
 
 
+class Blocked(IgnoreRequest):
+    """The URL (or its domain) is on the takedown blocklist; ``entry`` is the takedown line."""
+
+    def __init__(self, entry: str):
+        from .optout import OptOut
+
+        super().__init__(f"blocklist: {entry}")
+        self.entry = entry
+        self.evidence = OptOut("blocked", "takedown blocklist", entry)
+
+
+class BlocklistMiddleware:
+    """Refuse requests (redirect targets included) whose URL or domain is on the takedown blocklist.
+
+    Before robots.txt: a blocked host's robots.txt is not fetched either. Matches by bytes
+    (sha256, pHash) happen after the download, in the image pipeline.
+    """
+
+    def __init__(self, crawler: Crawler):
+        path = crawler.settings.get("CAPCRAWL_BLOCKLIST")
+        if not path:
+            raise NotConfigured
+        from common.blocklist import BlockSet
+
+        self.blocklist = BlockSet.read(path)
+        if not len(self.blocklist):
+            raise NotConfigured
+        self.stats = crawler.stats
+
+    @classmethod
+    def from_crawler(cls, crawler: Crawler) -> "BlocklistMiddleware":
+        return cls(crawler)
+
+    def process_request(self, request: Request, spider: Spider | None = None) -> None:
+        if (entry := self.blocklist.match_urls([request.url])) is not None:
+            self.stats.inc_value("capcrawl/blocklist_refused")
+            raise Blocked(entry)
+
+
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
@@ -85,6 +124,15 @@ class PrivateAddressMiddleware:
         if bad := self._cache[host]:
             self.stats.inc_value("capcrawl/private_address_refused")
             raise PrivateAddressRefused(f"{host} resolves to non-public address {bad}")
+
+    def process_response(self, request: Request, response: Response, spider: Spider | None = None) -> Response:
+        """The address the response came from must pass too (the resolvers check it before
+        connecting; this is the last line, for any path around them)."""
+        ip = getattr(response, "ip_address", None)
+        if ip is not None and not address_allowed(str(ip), self.allowed):
+            self.stats.inc_value("capcrawl/private_address_refused")
+            raise PrivateAddressRefused(f"{urlparse_cached(request).hostname} answered from non-public address {ip}")
+        return response
 
     async def _offending_address(self, host: str) -> str | None:
         try:

@@ -254,6 +254,12 @@ class ImagePipeline:
         cfg = spider.config
         self.batcher = PoolBatcher(cfg.workers, cfg.image_options())
         self.writer = PartWriter(spider.crawl_dir, cfg.part_rows)
+        self.blocklist = None
+        if cfg.blocklist:
+            from common.blocklist import BlockSet
+
+            blocklist = BlockSet.read(cfg.blocklist)
+            self.blocklist = blocklist if blocklist.has_content_entries else None
 
     async def process_item(self, item: dict[str, Any], spider=None) -> dict[str, Any]:
         body = item.pop("body", None)
@@ -264,10 +270,19 @@ class ImagePipeline:
                 value = getattr(result, name)
                 if value is not None:
                     row[name] = value
+            if self.blocklist is not None and row["status"] == Status.OK.value:
+                self._apply_blocklist(row)
         row.setdefault("fetched_at", _utcnow())
         self.stats.inc_value(IMAGES + row["status"])
         self.writer.add(row)
         return {"url": row["url"], "status": row["status"]}
+
+    def _apply_blocklist(self, row: dict[str, Any]) -> None:
+        """A downloaded image whose bytes (sha256) or picture (pHash) are taken down: no bytes kept."""
+        if (entry := self.blocklist.match_content(row.get("sha256"), row.get("phash"))) is not None:
+            row.update(status=Status.BLOCKED.value, error=f"blocklist: {entry}", image=None, opt_out_signal="blocked",
+                       opt_out_source="takedown blocklist", opt_out_value=entry)
+            self.stats.inc_value("capcrawl/blocklist_discarded")
 
     async def close_spider(self, spider=None) -> None:
         spider = spider or self.crawler.spider

@@ -71,9 +71,13 @@ AUTOTHROTTLE_TARGET_CONCURRENCY = 8.0
 # ~8% off the crawl process's CPU in bench/vs_img2dataset.sh.
 DOWNLOADER_MIDDLEWARES = {
     "crawler.middlewares.PrivateAddressMiddleware": 50,
+    "crawler.middlewares.BlocklistMiddleware": 60,
     "scrapy.downloadermiddlewares.offsite.OffsiteMiddleware": None,
     "scrapy.downloadermiddlewares.robotstxt.RobotsTxtMiddleware": None,
     "crawler.upstream.RobotsMiddleware": 100,
+    # After robots.txt: refuses URLs opted out by tdmrep.json, ai.txt or robots.txt's
+    # Content-Usage / Content-Signal rules, before they are requested (crawler/optout_middleware.py).
+    "crawler.optout_middleware.OptOutMiddleware": 110,
     "scrapy.downloadermiddlewares.httpauth.HttpAuthMiddleware": None,
     "crawler.middlewares.RetryAfterMiddleware": 540,
     "scrapy.downloadermiddlewares.stats.DownloaderStats": None,

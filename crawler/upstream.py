@@ -19,8 +19,9 @@ What is here, and why:
   which halved a Retry-After wait and lowered a Crawl-delay.
 - :func:`slot_of` / :func:`hold_slot` (the downloader's ``slots``, ``get_slot_key`` and a
   ``Slot``'s ``delay``, ``jitter``, ``lastseen``): how a host's wait is applied.
-- :class:`AiohttpHandler` (the private module ``scrapy.core.downloader.handlers._aiohttp``
-  and its static ``_request_headers``). Speed, measured: the aiohttp client costs the crawl
+- :class:`AiohttpHandler` (the private module ``scrapy.core.downloader.handlers._aiohttp``,
+  its static ``_request_headers`` and the ``aiohttp.TCPConnector`` its ``__init__`` builds).
+  Safety: the connector resolves names with crawler/resolver.py's guard (no DNS rebinding). Speed, measured: the aiohttp client costs the crawl
   process ~18% less CPU than Twisted's (bench/README.md); not copying every request's headers
   was ~3% of the crawl process's CPU (part of a 1.5% faster download, ab_checkouts.sh).
 - :func:`without_twisted_exceptions` (the names in Scrapy's default ``RETRY_EXCEPTIONS``).
@@ -55,7 +56,10 @@ from scrapy.exceptions import IgnoreRequest
 from scrapy.extensions.throttle import AutoThrottle
 from scrapy.http import Headers, Response
 from scrapy.utils.httpobj import urlparse_cached
+from scrapy.utils.python import to_unicode
 from twisted.web._newclient import ResponseFailed, ResponseNeverReceived
+
+from .optout import ROBOTS, SOURCE_ROBOTS, OptOut, RobotsRules, agent_token
 
 if TYPE_CHECKING:
     import concurrent.futures as cf
@@ -67,8 +71,17 @@ SCRAPY_SERIES = (2, 19)
 
 
 class RobotsForbidden(IgnoreRequest):
-    """robots.txt disallows this URL for our user agent."""
+    """robots.txt disallows this URL for our user agent; ``evidence`` names the rule."""
 
+    def __init__(self, message: str, evidence: OptOut | None = None):
+        super().__init__(message)
+        self.evidence = evidence or OptOut(ROBOTS, SOURCE_ROBOTS, "disallow")
+
+
+#: Signal sent once per host when its robots.txt has been read: ``netloc`` and ``text`` (the
+#: decoded body of a 2xx answer, "" otherwise), for the opt-out rules robots.txt also holds
+#: (Content-Usage, Content-Signal: crawler/optout_middleware.py). Scrapy's parser keeps no text.
+ROBOTS_TEXT = object()
 
 #: Signal sent when a host asks for a wait: ``slot_key`` with ``delay`` (robots.txt
 #: Crawl-delay: a minimum between requests, for good) and/or ``until`` (Retry-After: no
@@ -102,8 +115,9 @@ class RobotsMiddleware(RobotsTxtMiddleware):
     It also fixes a race in Scrapy 2.19: requests that wait for a host's robots.txt while
     it is being fetched all await one Deferred, and every waiter after the first receives
     None ("no robots.txt") and is let through. Here waiters wait on their own future.
-    The body of each host's robots.txt is kept in :attr:`bodies` (by netloc) for the opt-out
-    rules that robots.txt also carries.
+
+    It keeps each host's robots.txt text: to name the Disallow rule that refused a URL, and
+    to hand it on (:data:`ROBOTS_TEXT`) to the opt-out middleware.
     """
 
     max_crawl_delay = 60.0
@@ -112,7 +126,8 @@ class RobotsMiddleware(RobotsTxtMiddleware):
         super().__init__(crawler)
         self._fetching: dict[str, asyncio.Future] = {}
         self.crawl_delays: dict[str, float] = {}  # slot key -> robots.txt Crawl-delay
-        self.bodies: dict[str, bytes] = {}  # netloc -> robots.txt body (absent: none or unreadable)
+        self.robots_texts: dict[str, str] = {}  # netloc -> robots.txt text ("" when none)
+        self._robots_rules: dict[str, RobotsRules] = {}  # parsed from the text when a URL is refused
 
     async def process_request(self, request: Request, spider: Spider | None = None) -> None:
         await super().process_request(request)
@@ -138,12 +153,24 @@ class RobotsMiddleware(RobotsTxtMiddleware):
         try:
             super().process_request_2(rp, request)
         except IgnoreRequest as e:
-            raise RobotsForbidden(str(e)) from e
+            raise RobotsForbidden(str(e), self._evidence(request)) from e
 
     async def _parse_robots(self, response: Response, netloc: str, request: Request) -> None:
+        text = ""
         if 200 <= response.status < 300:
-            self.bodies[netloc] = response.body
+            text = response.body.decode("utf-8-sig", errors="replace")
+        self.robots_texts[netloc] = text
+        self.crawler.signals.send_catch_log(ROBOTS_TEXT, netloc=netloc, text=text)
         await super()._parse_robots(response, netloc, request)
+
+    def _evidence(self, request: Request) -> OptOut:
+        """The Disallow line that refused ``request`` (``disallow`` when it cannot be told)."""
+        netloc = urlparse_cached(request).netloc
+        if netloc not in self._robots_rules:
+            agent = self._robotstxt_useragent or to_unicode(request.headers.get(b"User-Agent") or self._default_useragent)
+            self._robots_rules[netloc] = RobotsRules(self.robots_texts.get(netloc, ""), agent_token(agent))
+        rule = self._robots_rules[netloc].disallowing_rule(request.url)
+        return OptOut(ROBOTS, SOURCE_ROBOTS, rule or "disallow")
 
     async def robot_parser(self, request: Request) -> Any:
         netloc = urlparse_cached(request).netloc
@@ -209,9 +236,30 @@ def _aiohttp_handler_class() -> type:
 
     class AiohttpHandler(base):  # type: ignore[misc, valid-type]
         """Scrapy's aiohttp handler, without the 'experimental' warning (capcrawl's suite runs
-        every crawl through it) and without a copy of every request's headers."""
+        every crawl through it), without a copy of every request's headers, and with a resolver
+        that checks the addresses its connections use (crawler/resolver.py)."""
 
         experimental = False
+
+        def __init__(self, crawler: Crawler):
+            # Scrapy builds its aiohttp.TCPConnector inside __init__ with no way to pass a
+            # resolver: the connector class is swapped for one that takes ours, for the
+            # duration of the call (construction is single-threaded, on the event loop).
+            import aiohttp
+
+            from .resolver import Guard, GuardedAiohttpResolver
+
+            resolver = GuardedAiohttpResolver(Guard.from_settings(crawler.settings))
+            real = aiohttp.TCPConnector
+
+            def connector(*args: Any, **kwargs: Any) -> Any:
+                return real(*args, resolver=resolver, **kwargs)
+
+            aiohttp.TCPConnector = connector  # type: ignore[misc]
+            try:
+                super().__init__(crawler)
+            finally:
+                aiohttp.TCPConnector = real  # type: ignore[misc]
 
         @staticmethod
         def _request_headers(request: Request) -> Headers:
@@ -371,6 +419,8 @@ def check_upstream(optional: bool = True) -> list[str]:
         import importlib
 
         handler = importlib.import_module(_AIOHTTP_MODULE).AiohttpDownloadHandler
+        if "aiohttp.TCPConnector(" not in inspect.getsource(handler.__init__):
+            problems.append("AiohttpDownloadHandler.__init__ no longer builds aiohttp.TCPConnector: the connection-time address check is off")
         if not isinstance(inspect.getattr_static(handler, "_request_headers"), staticmethod):
             problems.append("AiohttpDownloadHandler._request_headers is no longer a static method")
         elif _params(handler._request_headers) != ["request"]:

@@ -11,6 +11,7 @@ from pathlib import PurePosixPath
 from typing import Iterable, Mapping
 from urllib.parse import unquote, urlsplit
 
+from common.alttext import boilerplate_alt
 from common.records import CaptionSource
 from common.text import clean_text
 from filter import columns as col
@@ -52,19 +53,23 @@ def render_labels(phrases: Iterable[str], template: str) -> list[str]:
 
 
 def row_candidates(row: Mapping[str, str | None]) -> list[Candidate]:
-    """Text candidates from a crawl row's columns (alt excluded), de-duplicated, in priority order."""
+    """Text candidates from a crawl row's columns (alt excluded), de-duplicated, in priority order.
+
+    Human-written fields that name nothing ("Original image", "[Note]", a file name: the same
+    test as for alts, :func:`common.alttext.boilerplate_alt`) are no candidates.
+    """
     found: list[Candidate] = []
     seen: set[str] = set()
 
-    def add(text: str | None, source: CaptionSource) -> None:
+    def add(text: str | None, source: CaptionSource, screen: bool = False) -> None:
         text = clean_text(text)[:_MAX_CANDIDATE_CHARS]
-        if text and text.lower() not in seen:
+        if text and text.lower() not in seen and not (screen and boilerplate_alt(text)):
             seen.add(text.lower())
             found.append(Candidate(text, source))
 
     add(row.get(col.CAPTION_IN), CaptionSource.CAPTION_IN)
-    add(row.get(col.FIGCAPTION), CaptionSource.FIGCAPTION)
-    add(row.get(col.TITLE_ATTR), CaptionSource.TITLE)
+    add(row.get(col.FIGCAPTION), CaptionSource.FIGCAPTION, screen=True)
+    add(row.get(col.TITLE_ATTR), CaptionSource.TITLE, screen=True)
     for sentence in split_sentences(row.get(col.CONTEXT)):
         add(sentence, CaptionSource.PAGE_CONTEXT)
     add(row.get(col.PAGE_TITLE), CaptionSource.PAGE_TITLE)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from common.errors import ConfigError
 from common.layout import crawl_dir, scored_dir
-from common.options import between, check_fields, option, optional, positive, non_negative, replace_frozen
+from common.options import between, check_fields, non_negative, option, optional, parse_list, positive, replace_frozen
 
 DEFAULT_MODEL = "ViT-B-32"
 DEFAULT_PRETRAINED = "laion2b_s34b_b79k"
@@ -37,6 +37,9 @@ class FilterConfig:
     device: str = option("auto", "--device", "auto (cuda when available), cpu, or cuda[:N] (default auto)", group=_HW)
     precision: str = option("auto", "--precision", "auto = fp16 autocast on CUDA, fp32 on CPU (default auto)",
                             choices=PRECISIONS, group=_HW)
+    decode: str = option("auto", "--decode", "where stored JPEGs are decoded and resized: pil = in the DataLoader "
+                         "workers, torch = as tensors on the model's device (nvJPEG on CUDA); auto = torch on CUDA, "
+                         "pil on CPU", choices=("auto", "pil", "torch"), group=_HW)
     batch_size: int = option(DEFAULT_BATCH_SIZE, "--batch-size", f"images per model batch (default {DEFAULT_BATCH_SIZE})",
                              check=positive, group=_HW)
     workers: int = option(min(8, os.cpu_count() or 1), "--workers", "DataLoader worker processes decoding images "
@@ -47,12 +50,25 @@ class FilterConfig:
     fill_threshold: float | None = option(None, "--fill-threshold", "a replacement caption must score at least this to "
                                           "be used (default: --threshold)", check=optional(between(-1.0, 1.0)),
                                           group=_THRESH)
+    languages: tuple[str, ...] = option((), "--languages", "keep only captions in these languages (ISO 639-1 codes, "
+                                        "comma-separated, e.g. en,de); a caption whose language the model is not sure "
+                                        "of is kept", parse=parse_list, group=_THRESH)
+    lang_thresholds: tuple[str, ...] = option((), "--lang-threshold", "LANG=T: keep captions in language LANG from "
+                                              "cosine T on (repeatable; e.g. de=0.26, as LAION did for non-English "
+                                              "text); other languages use --threshold", action="append",
+                                              metavar="LANG=T", group=_THRESH)
+    site_chrome: bool = option(True, "--keep-site-chrome", "keep navigation icons, logos and images repeated across "
+                               "a site's pages (default: dropped as site_chrome)", action="store_false", group=_THRESH)
     label_bank: str | None = option(None, "--label-bank", "file of candidate phrases, one per line, tried for images "
                                     "whose alt fails", group=_CAPS)
     label_template: str = option(DEFAULT_LABEL_TEMPLATE, "--label-template", "how a label-bank phrase becomes a "
                                  f"caption; {{}} is the phrase (default {DEFAULT_LABEL_TEMPLATE!r})", group=_CAPS)
     generate: str = option("auto", "--generate", "CoCa generated captions as candidates: auto = on for CoCa models "
                            "(needs the capcrawl[coca] extra, transformers<4.57)", choices=GENERATE_MODES, group=_CAPS)
+    detect_faces: bool = option(True, "--no-face-detection", "do not look for faces in kept images (they are then not "
+                                "blurred in the shards either)", action="store_false", group=_OUT)
+    face_threads: int = option(0, "--face-threads", "threads detecting faces (default 0: one per core)",
+                               check=non_negative, group=_HW)
     embeddings: bool = option(True, "--no-embeddings", "do not write emb-NNNNN.npy image embeddings",
                               action="store_false", group=_OUT)
     shard_index: int = option(0, "--shard-index", "this machine's index among --num-shards; it scores parts whose "
@@ -60,6 +76,8 @@ class FilterConfig:
     num_shards: int = option(1, "--num-shards", "machines sharing the parts (default 1)", check=positive, group=_OUT)
     #: The label bank's phrases, read from ``label_bank`` when the config is built.
     label_phrases: tuple[str, ...] = field(default=(), init=False)
+    #: ``lang_thresholds`` parsed: ((code, threshold), ...).
+    threshold_by_lang: tuple[tuple[str, float], ...] = field(default=(), init=False)
 
     def __post_init__(self) -> None:
         replace_frozen(self, work=Path(self.work))
@@ -73,10 +91,26 @@ class FilterConfig:
             raise ConfigError(f"--label-template {self.label_template!r} needs a {{}} where the phrase goes.")
         if self.model.endswith(".json") and not Path(self.model).is_file():
             raise ConfigError(f"--model {self.model} does not exist; pass an open_clip model name or a config JSON file.")
-        replace_frozen(self, label_phrases=read_label_bank(self.label_bank))
+        replace_frozen(self, label_phrases=read_label_bank(self.label_bank), threshold_by_lang=parse_lang_thresholds(self.lang_thresholds),
+                       languages=tuple(c.strip().lower() for c in self.languages))
+        for code in self.languages:
+            if not code.isalpha() or not 2 <= len(code) <= 3:
+                raise ConfigError(f"--languages takes ISO 639 codes such as en,de; got {code!r}.")
+        if self.detect_faces:
+            from filter.faces import check_available
+
+            check_available()
+        if self.languages or self.threshold_by_lang:
+            from filter.language import check_available
+
+            check_available()
         from filter.model import autocast_dtype, resolve_device  # torch is imported only when filtering
 
         autocast_dtype(self.precision, resolve_device(self.device))
+
+    def threshold_for(self, language: str | None) -> float:
+        """The keep threshold for a caption in ``language`` (None: not known)."""
+        return dict(self.threshold_by_lang).get(language, self.threshold) if language else self.threshold
 
     @property
     def effective_fill_threshold(self) -> float:
@@ -94,6 +128,21 @@ class FilterConfig:
         """Raise ConfigError when there is nothing to filter (checked when the stage starts)."""
         if not Path(self.work).is_dir():
             raise ConfigError(f"work directory {self.work} does not exist; run capcrawl crawl first or pass the right --work.")
+
+
+def parse_lang_thresholds(values: tuple[str, ...]) -> tuple[tuple[str, float], ...]:
+    """``("de=0.26", "fr=0.25")`` -> ``(("de", 0.26), ("fr", 0.25))``; ConfigError for a bad one."""
+    out = []
+    for value in values:
+        code, sep, number = value.partition("=")
+        try:
+            threshold = float(number)
+        except ValueError:
+            threshold = float("nan")
+        if not sep or not code.strip().isalpha() or not -1.0 <= threshold <= 1.0:
+            raise ConfigError(f"--lang-threshold takes LANG=T such as de=0.26, got {value!r}.")
+        out.append((code.strip().lower(), threshold))
+    return tuple(out)
 
 
 def read_label_bank(path: str | None) -> tuple[str, ...]:

@@ -8,7 +8,7 @@ from typing import Any
 
 from common.errors import ConfigError
 from common.layout import CRAWL_DIR, SCORED_DIR, emb_name, list_parts
-from common.options import check_fields, describe, option, optional, positive, replace_frozen
+from common.options import check_fields, describe, option, optional, parse_list, positive, replace_frozen
 from shards.near_index import MAX_DISTANCE, validate_distance
 from shards.semantic import validate_threshold
 from shards.writer import MAX_SAMPLES_PER_SHARD
@@ -61,14 +61,36 @@ class ShardsConfig:
                                           check=optional(_cosine), metavar="T")
     no_filter: bool = option(False, "--no-filter", "shard the crawl parts directly (trusted URL-list captions: alt, "
                              "else caption_in), skipping the CLIP filter", action="store_true")
+    faces: str = option("blur", "--faces", "faces the filter found: blur them in the written image (default), drop "
+                        "such samples (counted as faces), or keep them untouched; every sample records what was done "
+                        "(face_action)", choices=("blur", "drop", "keep"))
+    licenses: tuple[str, ...] = option((), "--licenses", "write only samples under these licences: SPDX ids, patterns "
+                                       "(CC-BY-SA-*) or presets (open, commercial), comma-separated; a sample with an "
+                                       "unknown licence is left out too (default: no policy)", parse=parse_list,
+                                       metavar="ID[,ID...]")
+    site_chrome: bool = option(True, "--keep-site-chrome", "with --no-filter: keep navigation icons, logos and images "
+                               "repeated across a site's pages (default: dropped as site_chrome)", action="store_false")
     max_shard_bytes: int | None = option(None, hidden=True, help="size-based rollover (API only)", check=optional(positive))
 
     def __post_init__(self) -> None:
         replace_frozen(self, work=Path(self.work), out=Path(self.out))
         check_fields(self)
+        if self.licenses:
+            from shards.licenses import LicensePolicy
+
+            try:
+                LicensePolicy.parse(self.licenses)
+            except ValueError as e:
+                raise ConfigError(f"--licenses: {e}.") from e
         if self.semantic_dedup is not None and self.no_filter:
             raise ConfigError("--semantic-dedup needs the filter's image embeddings; drop --no-filter or --semantic-dedup.")
         _check_out(self.out)
+
+    @property
+    def license_policy(self) -> "LicensePolicy | None":  # noqa: F821
+        from shards.licenses import LicensePolicy
+
+        return LicensePolicy.parse(self.licenses) if self.licenses else None
 
     @property
     def input_dir(self) -> Path:

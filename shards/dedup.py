@@ -36,7 +36,7 @@ KEPT = -1
 class HashSet:
     """The dedup-relevant fields of a set of samples, row-aligned."""
 
-    sha256: list[str | None]
+    sha256: pa.Array | list[str | None]  # string; an Arrow array keeps a million hex digests out of Python objects
     phash: np.ndarray  # uint64
     phash_valid: np.ndarray  # bool
     embeddings: np.ndarray | None = None  # (n, dim) float16; all-zero row = none
@@ -116,10 +116,11 @@ def _node_rank(n_existing: int, rank: np.ndarray) -> np.ndarray:
     return np.concatenate([np.arange(-n_existing, 0, dtype=np.int64), rank])
 
 
-def exact_duplicates(sha: list[str | None], node_rank: np.ndarray, alive: np.ndarray) -> np.ndarray:
+def exact_duplicates(sha: pa.Array | list[str | None], node_rank: np.ndarray, alive: np.ndarray) -> np.ndarray:
     """Per node: the best-ranked alive node with the same sha256 (itself if it is that one), -1 if no sha."""
-    codes = pa.array(sha, type=pa.string()).dictionary_encode().indices.to_numpy(zero_copy_only=False)
-    codes = np.where(pa.array(sha, type=pa.string()).is_null().to_numpy(zero_copy_only=False), -1, codes)
+    sha = _string_array(sha)
+    codes = sha.dictionary_encode().indices.to_numpy(zero_copy_only=False)
+    codes = np.where(sha.is_null().to_numpy(zero_copy_only=False), -1, codes)
     best = np.full(len(sha), KEPT, dtype=np.int64)
     nodes = np.flatnonzero(alive & (codes >= 0))
     order = nodes[np.lexsort((node_rank[nodes], codes[nodes]))]
@@ -166,6 +167,14 @@ def semantic_duplicates(
     return greedy_survivors(np.concatenate(edges).reshape(-1, 2), node_rank)
 
 
+def _string_array(values: pa.Array | pa.ChunkedArray | list[str | None]) -> pa.Array:
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks() if values.num_chunks else pa.array([], pa.string())
+    if not isinstance(values, pa.Array):
+        values = pa.array(values, type=pa.string())
+    return values.cast(pa.string())
+
+
 def _concat_hashes(existing: HashSet, new: HashSet) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate([existing.phash, new.phash]), np.concatenate([existing.phash_valid, new.phash_valid])
 
@@ -203,7 +212,7 @@ def deduplicate(
     def alive_nodes() -> np.ndarray:
         return np.concatenate([np.ones(n_old, dtype=bool), verdicts.kept])
 
-    sha = existing.sha256 + new.sha256
+    sha = pa.concat_arrays([_string_array(existing.sha256), _string_array(new.sha256)])
     best = exact_duplicates(sha, node_rank, alive_nodes())
     _record(verdicts, best, DropReason.DUPLICATE_SHA256, lambda row, node: None)
 

@@ -18,6 +18,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from common.alttext import boilerplate_alt
+from common.chrome import PageCounts, chrome_reason
 from common.errors import ConfigError
 from common.layout import emb_name, list_parts
 from common.records import CRAWL_SCHEMA, SCORED_SCHEMA, CaptionSource, Status, conform
@@ -56,9 +58,24 @@ def _nonempty(col: pa.ChunkedArray) -> pa.ChunkedArray:
     return pc.fill_null(pc.greater(pc.utf8_length(pc.utf8_trim_whitespace(col)), 0), False)
 
 
-def crawl_to_scored(table: pa.Table) -> pa.Table:
-    """Turn crawl rows into scored rows with trusted captions: alt, else caption_in (kept = True)."""
-    has_alt, has_in = _nonempty(table.column("alt")), _nonempty(table.column("caption_in"))
+def crawl_to_scored(table: pa.Table, page_counts: PageCounts | None = None) -> pa.Table:
+    """Turn crawl rows into scored rows with trusted captions: alt, else caption_in (kept = True).
+
+    An alt that names nothing (:func:`common.alttext.boilerplate_alt`) is no caption
+    (``alt_ignored`` says why), and ``chrome`` gets the site-chrome rule's verdict
+    (:func:`common.chrome.chrome_reason`), as the filter does.
+    """
+    alts = table.column("alt").to_pylist()
+    ignored = [boilerplate_alt(a) if a and a.strip() else None for a in alts]
+    has_alt = pc.and_(_nonempty(table.column("alt")), pa.array([w is None for w in ignored], pa.bool_()))
+    has_in = _nonempty(table.column("caption_in"))
+    if page_counts is not None:
+        counts = [page_counts.of(u, p) for u, p in zip(table.column("url").to_pylist(), table.column("page_url").to_pylist())]
+        chrome = [chrome_reason(m, *(c or (None, None))) for m, c in zip(table.column("chrome").to_pylist(), counts)]
+        table = table.set_column(table.schema.get_field_index("chrome"), "chrome", pa.array(chrome, pa.string()))
+        table = table.append_column("page_count", pa.array([c[0] if c else None for c in counts], pa.int32()))
+        table = table.append_column("host_pages", pa.array([c[1] if c else None for c in counts], pa.int32()))
+    table = table.append_column("alt_ignored", pa.array(ignored, pa.string()))
     caption = pc.if_else(has_alt, table.column("alt"), pc.if_else(has_in, table.column("caption_in"), pa.scalar(None, pa.string())))
     source = pc.if_else(
         has_alt,
@@ -75,17 +92,17 @@ def _input_columns(names: list[str], no_filter: bool, with_image: bool) -> list[
     return [n for n in names if n in source.names and (with_image or n != "image")]
 
 
-def read_part(path: Path, no_filter: bool, with_image: bool) -> pa.Table:
+def read_part(path: Path, no_filter: bool, with_image: bool, page_counts: PageCounts | None = None) -> pa.Table:
     """One input part as scored rows (META_SCHEMA, plus ``image`` if ``with_image``)."""
     pf = pq.ParquetFile(path, memory_map=True)
     table = pf.read(columns=_input_columns(pf.schema_arrow.names, no_filter, with_image))
-    return _as_scored(table, no_filter, with_image)
+    return _as_scored(table, no_filter, with_image, page_counts)
 
 
-def _as_scored(table: pa.Table, no_filter: bool, with_image: bool) -> pa.Table:
+def _as_scored(table: pa.Table, no_filter: bool, with_image: bool, page_counts: PageCounts | None = None) -> pa.Table:
     if no_filter:
         crawl = pa.schema([f for f in CRAWL_SCHEMA if with_image or f.name != "image"])
-        table = crawl_to_scored(conform(table, crawl))
+        table = crawl_to_scored(conform(table, crawl), page_counts)
     return conform(table, SCORED_SCHEMA if with_image else META_SCHEMA)
 
 
@@ -106,14 +123,14 @@ def _candidate_mask(table: pa.Table) -> np.ndarray:
     return pc.and_(pc.fill_null(ok, False), kept).to_numpy(zero_copy_only=False)
 
 
-def load_candidates(input_dir: Path, no_filter: bool, with_embeddings: bool) -> Candidates:
+def load_candidates(input_dir: Path, no_filter: bool, with_embeddings: bool, page_counts: PageCounts | None = None) -> Candidates:
     """Pass 1: metadata of every ok, kept row of every part, counted by status and filter reason."""
     parts = list_parts(input_dir)
     tables, embs = [], []
     status: Counter[str] = Counter()
     not_kept: Counter[str] = Counter()
     for i, part in enumerate(parts):
-        table = read_part(part, no_filter, with_image=False)
+        table = read_part(part, no_filter, with_image=False, page_counts=page_counts)
         status.update(table.column("status").to_pylist())
         rows = np.flatnonzero(_candidate_mask(table))
         ok_rows = pc.fill_null(pc.equal(table.column("status"), Status.OK.value), False).to_numpy(zero_copy_only=False)
@@ -140,7 +157,9 @@ def _stack_embeddings(embs: list[np.ndarray]) -> np.ndarray:
     return np.concatenate(embs) if embs else np.zeros((0, 0), dtype=np.float16)
 
 
-def iter_rows(part: Path, rows: np.ndarray, no_filter: bool, batch_rows: int = 256) -> Iterator[tuple[pa.Table, np.ndarray | None]]:
+def iter_rows(
+    part: Path, rows: np.ndarray, no_filter: bool, batch_rows: int = 256, page_counts: PageCounts | None = None
+) -> Iterator[tuple[pa.Table, np.ndarray | None]]:
     """Pass 2: the given rows (ascending) of one part with their images (SCORED_SCHEMA) and
     embeddings, a record batch at a time, so memory holds one batch of images, not a part."""
     pf = pq.ParquetFile(part, memory_map=True)  # parts were just written: read them from the page cache, no copy
@@ -153,7 +172,7 @@ def iter_rows(part: Path, rows: np.ndarray, no_filter: bool, batch_rows: int = 2
             picked = pa.Table.from_batches([batch])
             if hi - lo < batch.num_rows:  # all rows kept is the common case: no copy then
                 picked = picked.take(pa.array(rows[lo:hi] - start))
-            yield _as_scored(picked, no_filter, with_image=True), (
+            yield _as_scored(picked, no_filter, with_image=True, page_counts=page_counts), (
                 np.asarray(emb[rows[lo:hi]], dtype=np.float16) if emb is not None else None
             )
         start += batch.num_rows

@@ -43,6 +43,7 @@ def shard_entries(out: Path) -> list[dict[str, Any]]:
                 "bytes": tar_path(out, name).stat().st_size,
                 "removed": stats.get("removed", {}),
                 "face_count": stats.get("face_count", 0),
+                "face_action": stats.get("face_action", {}),
             }
         )
     return entries
@@ -73,6 +74,50 @@ def removed_by_reason(out: Path) -> dict[str, int]:
             except ValueError:
                 continue
     return dict(sorted(counts.items()))
+
+
+#: Image and page statuses that mean a site's owner (or the law) said no, and capcrawl listened.
+RESPECT_STATUSES = ("robots", "noai", "tdmrep", "content_usage", "content_signal", "ai_txt", "blocked", "private_address")
+
+
+def license_mix(out: Path) -> dict[str, int]:
+    """Samples in OUT by licence ("unknown" for none)."""
+    counts: Counter[str] = Counter()
+    for name in list_shards(out):
+        path = out / f"{name}.parquet"
+        if path.is_file():
+            counts.update(v or "unknown" for v in pq.read_table(path, columns=["license"]).column("license").to_pylist())
+    return dict(sorted(counts.items()))
+
+
+def respected(out: Path, stages: dict[str, Any], totals: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
+    """What was honoured: opt-outs per signal (images and pages), licence decisions, takedowns, faces."""
+    crawl = stages.get("crawl") or {}
+    images, pages = crawl.get("images", {}), crawl.get("pages", {})
+    dropped = totals.get("dropped", {})
+    blocklist = out / "blocklist.jsonl"
+    return {
+        "images_refused": {s: images[s] for s in RESPECT_STATUSES if images.get(s)},
+        "pages_refused": {s: pages[s] for s in RESPECT_STATUSES if pages.get(s)},
+        "licenses": {
+            "policy": options.get("licenses") or None,
+            "unknown_dropped": dropped.get("license_unknown", 0),
+            "not_allowed_dropped": dropped.get("license_not_allowed", 0),
+            "samples_by_license": license_mix(out),
+        },
+        "takedowns": {
+            "blocklist_entries": sum(1 for line in blocklist.read_text().splitlines() if line.strip()) if blocklist.is_file() else 0,
+            "removed": sum(totals.get("removed", {}).values()),
+            "blocklisted_dropped": dropped.get("blocklisted", 0),
+        },
+        "faces": {
+            "policy": options.get("faces"),
+            "detected": bool(((stages.get("filter") or {}).get("faces") or {}).get("detected")),
+            "faces_found": totals.get("face_count", 0),
+            "samples_by_action": _sum([s.get("face_action", {}) for s in shard_entries(out)]),
+            "samples_dropped": dropped.get("faces", 0),
+        },
+    }
 
 
 def latest_inputs(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -111,6 +156,7 @@ def update_manifest(out: Path, *, run: dict[str, Any] | None = None, removal: di
             "face_count": sum(s.get("face_count", 0) or 0 for s in shards),
         },
         "stages": runs[-1]["stages"] if runs else {},
+        "respected": {},
         **{k: v for k, v in old.items() if k not in ("capcrawl_version", "schema_version", "updated_at", "totals", "stages",
                                                      "shards", "runs", "removals")},
         **(extra or {}),
@@ -118,5 +164,6 @@ def update_manifest(out: Path, *, run: dict[str, Any] | None = None, removal: di
         "runs": runs,
         "removals": removals,
     }
+    manifest["respected"] = respected(out, manifest["stages"], manifest["totals"], runs[-1].get("options", {}) if runs else {})
     write_json(out / MANIFEST_FILE, manifest)
     return manifest

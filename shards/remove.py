@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 
 from common.fileio import atomic_write_parquet, publish
 from common.records import DropReason
-from shards.blocklist import Blocklist, parse_takedown
+from shards.blocklist import BlockEntry, Blocklist, EntryKind, parse_takedown
 from shards.card import write_card
 from shards.config import RemoveConfig
 from shards.manifest import update_manifest
@@ -83,7 +83,9 @@ def rewrite_shard(out: Path, name: str, samples: pa.Table, drop: np.ndarray) -> 
 
 
 def _log_records(samples: pa.Table, matches: list[str | None], blocklist: Blocklist, now: str) -> list[dict[str, Any]]:
-    kinds = {e.entry: e.kind.value for e in blocklist.entries}
+    kinds: dict[str, str] = {}
+    for e in blocklist.entries:  # the kind of the takedown line itself, not of entries derived from it
+        kinds.setdefault(e.entry, e.kind.value)
     columns = [samples.column(c).to_pylist() for c in ("key", "url", "sha256", "fetched_at")]
     return [
         {"key": key, "url": url, "sha256": sha, "fetched_at": at.isoformat() if at else None, "entry": m,
@@ -91,6 +93,21 @@ def _log_records(samples: pa.Table, matches: list[str | None], blocklist: Blockl
         for key, url, sha, at, m in zip(*columns, matches)
         if m is not None
     ]
+
+
+def derived_entries(samples: pa.Table, matches: list[str | None], max_distance: int, now: str) -> list[BlockEntry]:
+    """sha256 and pHash entries for every removed sample, so that its exact and near copies
+    (one dropped in its favour as a duplicate, or a later re-crawl under another URL) are
+    blocked too. ``entry`` keeps the takedown line they come from."""
+    out = []
+    for sha, phash, m in zip(samples.column("sha256").to_pylist(), samples.column("phash").to_pylist(), matches):
+        if m is None:
+            continue
+        if sha:
+            out.append(BlockEntry(EntryKind.SHA256, sha.lower(), m, added_at=now))
+        if phash:
+            out.append(BlockEntry(EntryKind.PHASH, phash.lower(), m, max_distance, now))
+    return out
 
 
 def _logged_keys(out: Path) -> set[str]:
@@ -124,6 +141,10 @@ def run_remove(config: RemoveConfig) -> dict[str, Any]:
             if not drop.any():
                 continue
             records = _log_records(samples, matches, blocklist, now)
+            derived = derived_entries(samples, matches, config.near_dup_distance, now)
+            if derived:  # copies and near copies of what was taken down stay out too
+                blocklist = blocklist.extended(derived)
+                blocklist.save(out)
             # logged before the shard is rewritten: a crash in between is repaired by a rerun,
             # which finds the samples still there and does not log them twice
             new = [r for r in records if r["key"] not in logged]

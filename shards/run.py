@@ -16,12 +16,14 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from common.chrome import PageCounts
 from common.fileio import atomic_write_parquet
 from common.layout import CRAWL_DIR, SCORED_DIR, STATS_FILE
-from common.records import DropReason
+from common.records import DropReason, FaceAction
 from shards.blocklist import Blocklist
 from shards.card import write_card
 from shards.config import ShardsConfig
+from shards.faceblur import UndecodableImage, blur_faces_bytes
 from shards.dedup import KEPT, HashSet, Verdicts, deduplicate, priority_rank
 from shards.inputs import PART_COLUMN, ROW_COLUMN, Candidates, embedding_dim, iter_rows, load_candidates
 from shards.manifest import update_manifest
@@ -51,11 +53,11 @@ def load_existing(out: Path, with_embeddings: bool) -> Existing:
         tables.append(table)
         embs.append(emb)
     if not tables:
-        return Existing([], [], HashSet([], np.zeros(0, np.uint64), np.zeros(0, bool), None))
+        return Existing([], [], HashSet(pa.array([], pa.string()), np.zeros(0, np.uint64), np.zeros(0, bool), None))
     index = pa.concat_tables(tables)
     phash, valid = hex_to_uint64(index.column("phash").to_pylist())
     emb = _stack_index_embeddings(embs, [t.num_rows for t in tables]) if with_embeddings else None
-    hashes = HashSet(index.column("sha256").to_pylist(), phash, valid, emb)
+    hashes = HashSet(index.column("sha256"), phash, valid, emb)
     return Existing(index.column("key").to_pylist(), index.column("url").to_pylist(), hashes, ledger_of(index))
 
 
@@ -87,14 +89,28 @@ def _stack_index_embeddings(embs: list[np.ndarray | None], sizes: list[int]) -> 
 
 def _candidate_hashes(cands: Candidates) -> HashSet:
     phash, valid = hex_to_uint64(cands.meta.column("phash").to_pylist())
-    return HashSet(cands.meta.column("sha256").to_pylist(), phash, valid, cands.embeddings)
+    return HashSet(cands.meta.column("sha256"), phash, valid, cands.embeddings)
 
 
 def decide(cands: Candidates, existing: Existing, blocklist: Blocklist, config: ShardsConfig) -> Verdicts:
     """Drop reasons for every candidate: no caption, blocklisted, then the dedup stages."""
     verdicts = Verdicts.empty(cands.meta.num_rows, len(existing.keys))
-    no_caption = np.flatnonzero(~cands.has_caption)
+    if config.no_filter and config.site_chrome:  # the filter applies the same rule itself (filter_reason site_chrome)
+        chrome = cands.meta.column("chrome").to_pylist()
+        rows = np.array([i for i, c in enumerate(chrome) if c], dtype=np.int64)
+        verdicts.drop(rows, DropReason.SITE_CHROME, None, [chrome[i] for i in rows])
+    no_caption = np.flatnonzero(~cands.has_caption & verdicts.kept)
     verdicts.drop(no_caption, DropReason.NO_CAPTION, None, [None] * no_caption.size)
+    if config.faces == "drop":
+        boxes = cands.meta.column("face_bboxes").to_pylist()
+        rows = np.array([i for i, b in enumerate(boxes) if b and verdicts.reason[i] is None], dtype=np.int64)
+        verdicts.drop(rows, DropReason.FACES, None, [f"{len(boxes[i])} face(s)" for i in rows])
+    if (policy := config.license_policy) is not None:
+        licenses = cands.meta.column("license").to_pylist()
+        for reason in (DropReason.LICENSE_UNKNOWN, DropReason.LICENSE_NOT_ALLOWED):
+            rows = np.array([i for i, lic in enumerate(licenses) if verdicts.reason[i] is None and policy.verdict(lic) == reason.value],
+                            dtype=np.int64)
+            verdicts.drop(rows, reason, None, [licenses[i] for i in rows])
     blocked = [b if verdicts.reason[i] is None else None for i, b in enumerate(blocklist.match(cands.meta))]
     return deduplicate(
         existing.hashes,
@@ -111,7 +127,9 @@ def _records(table: pa.Table) -> list[dict[str, Any]]:
     return table.drop_columns(["image"]).to_pylist()
 
 
-def write_samples(config: ShardsConfig, cands: Candidates, verdicts: Verdicts) -> tuple[list[str | None], ShardWriter, int]:
+def write_samples(
+    config: ShardsConfig, cands: Candidates, verdicts: Verdicts, page_counts: PageCounts | None = None
+) -> tuple[list[str | None], ShardWriter, int]:
     """Pass 2: write the kept candidates in input order.
 
     Returns each candidate's key (None if not written), the writer, and how many
@@ -135,7 +153,7 @@ def write_samples(config: ShardsConfig, cands: Candidates, verdicts: Verdicts) -
             if not mine.any():
                 continue
             positions = iter(kept[mine].tolist())
-            for table, emb in iter_rows(part, row_of[mine], config.no_filter):
+            for table, emb in iter_rows(part, row_of[mine], config.no_filter, page_counts=page_counts):
                 images = table.column("image").to_pylist()
                 # records first: zip stops on them without taking a position of the next batch
                 for j, (record, pos) in enumerate(zip(_records(table), positions)):
@@ -143,8 +161,33 @@ def write_samples(config: ShardsConfig, cands: Candidates, verdicts: Verdicts) -
                         log.warning("%s has status ok but no image bytes; skipped", record["url"])
                         no_image += 1
                         continue
-                    keys[pos] = writer.write(record, images[j], None if emb is None else emb[j])
+                    image = apply_face_policy(record, images[j], config.faces)
+                    keys[pos] = writer.write(record, image, None if emb is None else emb[j])
     return keys, writer, no_image
+
+
+def _faces_detected(cands: Candidates) -> bool:
+    """Whether the filter looked for faces in these rows (``face_bboxes`` is set on kept rows then)."""
+    return cands.meta.num_rows == 0 or cands.meta.column("face_bboxes").null_count < cands.meta.num_rows
+
+
+def apply_face_policy(record: dict[str, Any], image: bytes, policy: str) -> bytes:
+    """The image to write under ``--faces`` (blurred where faces were found), and ``face_action``."""
+    boxes = record.get("face_bboxes")
+    if boxes is None:  # detection did not run (--no-filter, or the filter's --no-face-detection)
+        record["face_action"] = None
+        return image
+    if not boxes:
+        record["face_action"] = FaceAction.NONE.value
+        return image
+    if policy == "keep":
+        record["face_action"] = FaceAction.KEPT.value
+        return image
+    record["face_action"] = FaceAction.BLURRED.value
+    try:
+        return blur_faces_bytes(image, boxes)
+    except UndecodableImage:  # the filter decoded it; if it no longer decodes, never write it unblurred
+        raise RuntimeError(f"{record.get('url')}: image with faces does not decode for blurring") from None
 
 
 def write_dedup_log(out: Path, run: int, cands: Candidates, verdicts: Verdicts, keys: list[str | None], existing: Existing) -> Path | None:
@@ -201,10 +244,14 @@ def run_shards(config: ShardsConfig) -> dict[str, Any]:
     clock = time.perf_counter()
     with locked(config.out):
         clean_incomplete(config.out)
-        cands = load_candidates(config.input_dir, config.no_filter, config.semantic_dedup is not None)
+        page_counts = PageCounts.load(config.work / CRAWL_DIR) if config.no_filter else None
+        cands = load_candidates(config.input_dir, config.no_filter, config.semantic_dedup is not None, page_counts)
         existing = load_existing(config.out, config.semantic_dedup is not None)
         cands, already_published, already_decided = skip_decided(cands, existing, config.out)
         verdicts = decide(cands, existing, Blocklist.load(config.out), config)
+        if config.faces != "keep" and not _faces_detected(cands):
+            log.warning("no face detection ran on these rows (%s): faces are neither blurred nor dropped",
+                        "--no-filter" if config.no_filter else "the filter ran with --no-face-detection")
         uncaptioned = int((~cands.has_caption).sum())
         if uncaptioned:
             log.warning(
@@ -212,7 +259,7 @@ def run_shards(config: ShardsConfig) -> dict[str, Any]:
                 "give URL lists a caption column (--caption-col) or run `capcrawl filter` to fill captions"
                 if config.no_filter else "the filter found no caption for them",
             )
-        keys, writer, no_image = write_samples(config, cands, verdicts)
+        keys, writer, no_image = write_samples(config, cands, verdicts, page_counts)
         log_path = write_dedup_log(config.out, next_log_number(config.out), cands, verdicts, keys, existing)
         written = sum(s.samples for s in writer.written)
         previous = read_json(config.out / "manifest.json", {}) or {}

@@ -129,6 +129,7 @@ def shard_stats(name: str, samples: pa.Table, removed: dict[str, int] | None = N
     """The ``_stats.json`` of a shard: sample count, counts by status and field, removals by reason."""
     count = lambda col: dict(sorted(Counter(str(v) for v in samples.column(col).to_pylist()).items()))  # noqa: E731
     licensed = sum(1 for v in samples.column("license").to_pylist() if v and v.strip())
+    faces = [len(b) for b in samples.column("face_bboxes").to_pylist() if b] if "face_bboxes" in samples.column_names else []
     return {
         "shard": name,
         "samples": samples.num_rows,
@@ -136,6 +137,8 @@ def shard_stats(name: str, samples: pa.Table, removed: dict[str, int] | None = N
         "caption_source": count("caption_source"),
         "image_format": count("image_format"),
         "licensed": licensed,
+        "face_count": sum(faces),
+        "face_action": count("face_action") if "face_action" in samples.column_names else {},
         "removed": dict(sorted((removed or {}).items())),
     }
 

@@ -97,30 +97,46 @@ class Oracle:
 
     def outcomes(self, row: dict, threshold: float = TINY_THRESHOLD, labels: tuple[str, ...] = ()) -> set[tuple]:
         """Every acceptable ``(caption, caption_source, kept)`` for a decodable crawl row under the
-        documented policy: the alt if it scores >= threshold, else the best candidate (row text,
-        then label-bank phrases) if it beats the alt and the fill threshold (= threshold here)."""
+        documented policy: the alt if it scores >= threshold; else, among candidates that score
+        >= the fill threshold (= threshold here) and more than the alt, the best of the
+        highest tier (figcaption / title / caption_in before page text, file names, labels)."""
         from common.text import clean_text
         from filter.candidates import row_candidates
+        from filter.stage import TIERS
 
         alt = clean_text(row.get("alt"))
-        cands = [(c.text, c.source.value) for c in row_candidates(row)] + [(t, "label") for t in labels]
-        scores = self.scores(row["image"], ([alt] if alt else []) + [t for t, _ in cands])
+        cands = [(c.text, c.source) for c in row_candidates(row)]
+        scores = self.scores(row["image"], ([alt] if alt else []) + [t for t, _ in cands] + list(labels))
         alt_score = scores.pop(0) if alt else None
+        label_scores = scores[len(cands):]
+        scored = list(zip(cands, scores[: len(cands)]))
+        if labels:  # the stage offers the best label-bank phrase
+            best_label = max(range(len(labels)), key=lambda j: label_scores[j])
+            scored += [((labels[j], "label"), label_scores[j]) for j in range(len(labels))
+                       if abs(label_scores[j] - label_scores[best_label]) < self.TIE]
         out: set[tuple] = set()
+        tie = self.TIE
 
-        def near(a: float, b: float) -> bool:
-            return abs(a - b) < self.TIE
-
-        if alt and alt_score >= threshold - self.TIE:
+        if alt and alt_score >= threshold - tie:
             out.add((alt, "alt", True))
-            if not near(alt_score, threshold):
+            if alt_score >= threshold + tie:
                 return out
-        best = max(scores, default=None)
-        for (text, source), s in zip(cands, scores):
-            if near(s, best) and s >= threshold - self.TIE and (alt_score is None or s > alt_score - self.TIE):
-                out.add((text, source, True))
-        if alt and (best is None or best <= alt_score + self.TIE or best < threshold + self.TIE):
+        usable = [((t, src), sc) for (t, src), sc in scored
+                  if sc >= threshold - tie and (alt_score is None or sc > alt_score - tie)]
+        certain = [((t, src), sc) for (t, src), sc in scored
+                   if sc >= threshold + tie and (alt_score is None or sc > alt_score + tie)]
+        tier_of = lambda src: TIERS[src] if not isinstance(src, str) else 2  # noqa: E731 - labels are tier 2
+        tiers = sorted({tier_of(src) for (_, src), _ in usable})
+        for tier in tiers:
+            in_tier = [(c, sc) for c, sc in usable if tier_of(c[1]) == tier]
+            best = max(sc for _, sc in in_tier)
+            for (text, src), sc in in_tier:
+                if sc > best - tie:
+                    out.add((text, src if isinstance(src, str) else src.value, True))
+            if any(tier_of(c[1]) == tier for c, _ in certain):
+                break  # a lower tier cannot win over a tier with a certain candidate
+        if alt and not certain:
             out.add((alt, "alt", False))
-        if not alt and (best is None or best < threshold + self.TIE):
+        if not alt and not certain:
             out.add((None, None, False))
         return out

@@ -602,3 +602,65 @@ def test_depth_is_the_shortest_link_distance(tmp_path, site):
         depth[entry["url"].removeprefix(site.base)] = entry["depth"]  # the last line wins
     assert depth == {"/": 0, "/deep/start.html": 0, "/deep/1.html": 1, "/target.html": 1, "/leaf.html": 2}
     assert by_url(crawl_rows(tmp_path))[site.url("/leaf.jpg")]["status"] == "ok"
+
+
+def test_blocklist_at_crawl_time(tmp_path, site, other_site):
+    """--blocklist (the format `capcrawl remove` writes): URL and domain entries are never
+    requested; sha256 and pHash entries are discarded after the download, bytes and all."""
+    from common.blocklist import BlockEntry, EntryKind
+    from common.phash import perceptual_hash
+
+    same_picture = jpeg("teal", size=(200, 150), pattern=9)
+    site.add("/", page('<img src="/url.jpg" alt="a"><img src="/sha.jpg" alt="b"><img src="/ph.jpg" alt="c">'
+                       '<img src="/fine.jpg" alt="d">' f'<a href="{other_site.url("/p.html")}">elsewhere</a>'
+                       f'<img src="{other_site.url("/cdn.jpg")}" alt="e">'))
+    for name, body in (("/url.jpg", jpeg(pattern=1)), ("/sha.jpg", jpeg(pattern=2)), ("/fine.jpg", jpeg(pattern=3)),
+                       ("/ph.jpg", jpeg("teal", size=(200, 150), pattern=9, quality=70))):
+        site.add(name, body, content_type=IMG)
+    other_site.add("/p.html", page("<img src='/x.jpg'>"))
+    other_site.add("/cdn.jpg", jpeg(pattern=4), content_type=IMG)
+    blocklist = tmp_path / "blocklist.jsonl"
+    import hashlib
+
+    entries = [
+        BlockEntry(EntryKind.URL, site.url("/url.jpg"), site.url("/url.jpg")),
+        BlockEntry(EntryKind.DOMAIN, "127.0.0.2", "domain:127.0.0.2"),
+        BlockEntry(EntryKind.SHA256, hashlib.sha256(jpeg(pattern=2)).hexdigest(), "sha256:..."),
+        BlockEntry(EntryKind.PHASH, perceptual_hash(Image.open(io.BytesIO(same_picture))), "my_photo.jpg", 4),
+    ]
+    blocklist.write_text("".join(e.to_json() + "\n" for e in entries))
+    run_cli("crawl", site.url("/"), "--work", str(tmp_path / "w"), "--allow-private-addresses", "--allow-domain", "127.0.0.2",
+            "--blocklist", str(blocklist), check=True)
+    rows = by_url(crawl_rows(tmp_path / "w"))
+    status = {u.removeprefix(site.base): (r["status"], r["image"] is None) for u, r in rows.items()}
+    assert status["/url.jpg"] == ("blocked", True) and site.requested("/url.jpg") == 0
+    assert status["/sha.jpg"] == ("blocked", True) and site.requested("/sha.jpg") == 1
+    assert status["/ph.jpg"] == ("blocked", True), "a near copy of the taken-down picture"
+    assert status["/fine.jpg"] == ("ok", False)
+    assert rows[other_site.url("/cdn.jpg")]["status"] == "blocked" and other_site.log == [], "a blocked domain is never contacted"
+    stats = json.loads((tmp_path / "w" / "crawl" / "stats.json").read_text())
+    assert stats["images"]["blocked"] == 4 and stats["pages"]["blocked"] == 1
+    assert "blocklist: " in rows[site.url("/url.jpg")]["error"]
+    evidence = [(r["opt_out_signal"], r["opt_out_source"], r["opt_out_value"]) for r in (rows[site.url("/url.jpg")], rows[site.url("/sha.jpg")])]
+    assert evidence == [("blocked", "takedown blocklist", site.url("/url.jpg")), ("blocked", "takedown blocklist", "sha256:...")]
+    proc = run_cli("crawl", site.url("/"), "--work", str(tmp_path / "w2"), "--blocklist", str(tmp_path / "none.jsonl"))
+    assert proc.returncode == 2 and "blocklist" in proc.stderr
+
+
+@pytest.mark.parametrize("client", ["aiohttp", "twisted"])
+def test_dns_rebinding_is_caught_when_connecting(tmp_path, site, client):
+    """A name that the pre-request check cannot resolve (as a rebinding name answers publicly
+    first) but that resolves to loopback when the client connects (through the resolver plugged
+    in with --resolve) is refused: the server never sees a request."""
+    site.add("/", page('<img src="/a.jpg" alt="a">'))
+    site.add("/a.jpg", jpeg(), content_type=IMG)
+    seed = f"http://rebind.test:{site.port}/"
+    run_cli("crawl", seed, "--work", str(tmp_path / "w"), "--resolve", f"rebind.test:{site.host}", "--http-client", client,
+            check=True)
+    assert site.log == [], "a request reached a private address"
+    stats = json.loads((tmp_path / "w" / "crawl" / "stats.json").read_text())
+    assert stats["pages"] == {"private_address": 1}
+    # the same name, private addresses allowed: the plugged resolver is what connects
+    run_cli("crawl", seed, "--work", str(tmp_path / "ok"), "--resolve", f"rebind.test:{site.host}", "--http-client", client,
+            "--allow-private-addresses", check=True)
+    assert by_url(crawl_rows(tmp_path / "ok"))[f"http://rebind.test:{site.port}/a.jpg"]["status"] == "ok"

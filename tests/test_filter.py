@@ -19,7 +19,7 @@ from common.records import SCORED_SCHEMA, CaptionSource, FilterReason
 from filter import columns as col
 from filter.candidates import Candidate, filename_words, row_candidates, split_sentences
 from filter.model import check_generation_support, load_model
-from filter.stage import FilterStage, decide, run_filter, select_parts
+from filter.stage import FilterStage, decide, evidence, run_filter, select_parts
 from capcrawl.tiny import COLORS, GATES, SHAPES, TINY_THRESHOLD, caption_for, ensure_tiny_model, heldout_report, render_shape
 from tests.filter_support import Oracle, crawl_row, filter_config, tiny_args, write_part
 
@@ -58,16 +58,39 @@ def test_sentences_and_row_candidates():
 
 
 def test_decide():
-    best = Candidate("a red circle", CaptionSource.TITLE)
-    assert decide("a red circle", 0.9, None, float("nan"), 0.5, 0.5).source is CaptionSource.ALT
-    replaced = decide("a blue square", 0.1, best, 0.8, 0.5, 0.5)
+    title = Candidate("a red circle", CaptionSource.TITLE)
+    assert decide("a red circle", 0.9, [], 0.5, 0.5).source is CaptionSource.ALT
+    replaced = decide("a blue square", 0.1, [(title, 0.8)], 0.5, 0.5)
     assert (replaced.caption, replaced.source, replaced.kept) == ("a red circle", CaptionSource.TITLE, True)
-    dropped = decide("a blue square", 0.1, best, 0.3, 0.5, 0.5)
+    dropped = decide("a blue square", 0.1, [(title, 0.3)], 0.5, 0.5)
     assert (dropped.caption, dropped.kept, dropped.reason) == ("a blue square", False, FilterReason.BELOW_THRESHOLD)
-    assert decide("", float("nan"), None, float("nan"), 0.5, 0.5).reason is FilterReason.NO_CANDIDATE
+    assert decide("", float("nan"), [], 0.5, 0.5).reason is FilterReason.NO_CANDIDATE
     # a fill threshold under the keep threshold: the caption is filled but the row is not kept
-    low = decide("", float("nan"), best, 0.4, 0.5, 0.3)
+    low = decide("", float("nan"), [(title, 0.4)], 0.5, 0.3)
     assert (low.caption, low.kept, low.reason) == ("a red circle", False, FilterReason.BELOW_THRESHOLD)
+
+
+def test_human_written_text_wins_over_derived_text():
+    """Issue 14's policy: a figcaption, title or URL-list caption that passes the fill threshold
+    beats page sentences, file names, labels and generated captions, even when those score
+    higher; CLIP ranks within a tier; a replacement must beat a failing alt."""
+    fig = Candidate("the harbour at dawn", CaptionSource.FIGCAPTION)
+    title = Candidate("harbour", CaptionSource.TITLE)
+    context = Candidate("Boats in the harbour of Kiel at dawn.", CaptionSource.PAGE_CONTEXT)
+    label = Candidate("a photo of a harbour.", CaptionSource.LABEL)
+    pick = decide("", float("nan"), [(context, 0.41), (fig, 0.33), (label, 0.45), (title, 0.31)], 0.3, 0.3)
+    assert (pick.caption, pick.source, pick.kept) == ("the harbour at dawn", CaptionSource.FIGCAPTION, True)
+    # under the fill threshold the human-written tier does not count: the derived tier wins
+    pick = decide("", float("nan"), [(context, 0.41), (fig, 0.25)], 0.3, 0.3)
+    assert pick.source is CaptionSource.PAGE_CONTEXT
+    # not better than the failing alt: no replacement
+    pick = decide("boats", 0.29, [(fig, 0.28)], 0.3, 0.2)
+    assert (pick.caption, pick.source, pick.kept) == ("boats", CaptionSource.ALT, False)
+    # a per-text threshold (per language)
+    pick = decide("ein Boot im Hafen", 0.27, [], lambda text: 0.26 if text.startswith("ein") else 0.3, 0.3)
+    assert pick.kept
+    top = evidence("boats", 0.29, [(fig, 0.33), (context, 0.41), (label, 0.45), (title, 0.31)], n=3)
+    assert [(c["source"], round(c["score"], 2)) for c in top] == [("label", 0.45), ("page_context", 0.41), ("figcaption", 0.33)]
 
 
 def test_select_parts():
@@ -424,3 +447,72 @@ def test_kill_9_while_writing_a_scored_part_leaves_nothing_behind(tiny, tmp_path
     stats = run_filter(filter_config(tmp_path, *tiny_args(tiny)))
     assert stats["this_run"]["parts_scored"] == 1 and (tmp_path / SCORED_DIR / part_name(0)).is_file()
     assert not list((tmp_path / SCORED_DIR).glob(".*.tmp")), "the killed run's temporary file is still there"
+
+
+def test_languages_and_per_language_thresholds(tiny, tmp_path):
+    """caption_lang comes from the bundled language-ID model; --languages drops confident other
+    languages (counted), --lang-threshold sets a language's own keep threshold. Thresholds of
+    -1 and 1 make the outcome independent of the model's scores."""
+    de, en, short = "ein roter Kreis auf einem weißen Hintergrund", "a red circle on a white background", "Blur"
+    rows = [crawl_row("circle", "red", i, alt=alt) for i, alt in enumerate((de, en, short))]
+    write_part(tmp_path / "a", 0, rows)
+    stats = run_filter(filter_config(tmp_path / "a", *tiny_args(tiny), "--threshold", "-1", "--languages", "en"))
+    got = {r[col.ALT]: r for r in _scored(tmp_path / "a").to_pylist()}
+    assert (got[de][col.CAPTION_LANG], got[de][col.KEPT], got[de][col.FILTER_REASON]) == ("de", False, "language")
+    assert got[de][col.CAPTION_LANG_SCORE] >= 0.5
+    assert (got[en][col.CAPTION_LANG], got[en][col.KEPT]) == ("en", True)
+    assert got[short][col.KEPT], "a caption whose language is uncertain is kept"
+    assert stats["filter_reason"] == {"language": 1}
+
+    write_part(tmp_path / "b", 0, rows)
+    run_filter(filter_config(tmp_path / "b", *tiny_args(tiny), "--threshold", "1.0", "--lang-threshold", "de=-1"))
+    got = {r[col.ALT]: r for r in _scored(tmp_path / "b").to_pylist()}
+    assert got[de][col.KEPT] and got[de][col.CAPTION_SOURCE] == "alt"
+    assert not got[en][col.KEPT]
+    with pytest.raises(ConfigError, match="LANG=T"):
+        filter_config(tmp_path, "--lang-threshold", "de:0.2")
+
+
+def test_caption_candidates_are_the_evidence(tiny, tmp_path):
+    row = crawl_row("triangle", "green", 0, alt=None, figcaption="A green triangle",
+                    context="Welcome to our shop. Here is a green triangle. Contact us.")
+    write_part(tmp_path, 0, [row])
+    run_filter(filter_config(tmp_path, *tiny_args(tiny)))
+    got = _scored(tmp_path).to_pylist()[0]
+    cands = got[col.CAPTION_CANDIDATES]
+    assert 2 <= len(cands) <= 5 and [c["score"] for c in cands] == sorted((c["score"] for c in cands), reverse=True)
+    oracle = Oracle(tiny)
+    for c in cands:
+        assert c["score"] == pytest.approx(oracle.scores(row["image"], [c["text"]])[0], abs=2e-3)
+    assert {"figcaption", "page_context"} <= {c["source"] for c in cands}
+    if got[col.CAPTION] is not None:
+        assert {"text": got[col.CAPTION], "source": got[col.CAPTION_SOURCE]} in [
+            {"text": c["text"], "source": c["source"]} for c in cands]
+
+
+def test_tensor_decoding_matches_the_pil_path(tiny, tmp_path):
+    """--decode torch (nvJPEG on a GPU; torchvision's CPU decoder here) preprocesses as open_clip's
+    PIL transform does, to rounding: the same rows kept, scores within 0.02, and PNGs and broken
+    bytes handled as before."""
+    import io as _io
+
+    from PIL import Image as _Image
+
+    buf = _io.BytesIO()
+    render_shape("star", "blue", 150, np.random.default_rng(3)).save(buf, "PNG")
+    rows = _demo_rows() + [crawl_row("star", "blue", 9, alt="a blue star", image=buf.getvalue(), image_format="png"),
+                           crawl_row(None, None, 10, image=b"\xff\xd8\xff\xe0" + b"x" * 100, alt="a broken jpeg")]
+    assert _Image.open(_io.BytesIO(buf.getvalue())).format == "PNG"
+    got = {}
+    for mode in ("pil", "torch"):
+        write_part(tmp_path / mode, 0, rows)
+        run_filter(filter_config(tmp_path / mode, *tiny_args(tiny), "--decode", mode, "--threshold", "-1"))
+        got[mode] = _scored(tmp_path / mode).to_pylist()
+    for a, b in zip(got["pil"], got["torch"]):
+        assert (a[col.URL], a[col.FILTER_REASON], a[col.CAPTION_SOURCE] is None) == (b[col.URL], b[col.FILTER_REASON], b[col.CAPTION_SOURCE] is None)
+        if a[col.ALT_SCORE] is not None:
+            assert abs(a[col.ALT_SCORE] - b[col.ALT_SCORE]) < 0.02, (a[col.URL], a[col.ALT_SCORE], b[col.ALT_SCORE])
+    assert got["torch"][-1][col.FILTER_REASON] == "decode_error"
+    emb = [np.load(tmp_path / m / SCORED_DIR / emb_name(part_name(0))).astype(np.float32) for m in ("pil", "torch")]
+    decoded = (emb[0] != 0).any(axis=1)
+    assert ((emb[0] * emb[1]).sum(axis=1)[decoded] > 0.98).all()

@@ -90,6 +90,15 @@ def test_run_then_takedown_then_rerun(tmp_path, demo_site, tiny):
     crawl_urls = [u for p in sorted((work / "crawl").glob("part-*.parquet")) for u in pq.read_table(p, columns=["url"]).column("url").to_pylist()]
     assert len(crawl_urls) == len(set(crawl_urls))
 
+    # a fresh crawl into the same OUT applies OUT's blocklist: the taken-down page is never requested
+    before = site.requested("/circles.html")
+    proc = _run(site, tiny, tmp_path / "work2", out)
+    assert proc.returncode == 0, proc.stderr
+    assert site.requested("/circles.html") == before
+    assert {s["json"]["key"] for s in shard_samples(out)} == after
+    stats = json.loads((tmp_path / "work2" / "crawl" / "stats.json").read_text())
+    assert stats["pages"]["blocked"] == 1
+
 
 def test_run_without_weights_fails_before_crawling(tmp_path, site):
     site.add("/", "<img src='/a.jpg' alt='a'>")

@@ -206,7 +206,7 @@ def test_semantic_dedup(tmp_path):
 
 def test_no_filter_reads_crawl_parts(tmp_path):
     recs = distinct_records(4)
-    recs[0].update(alt="an alt", caption_in="ignored")
+    recs[0].update(alt="a red bicycle", caption_in="ignored")
     recs[1].update(alt="", caption_in="from the list")
     recs[2].update(alt=None, caption_in=None)
     recs[3].update(alt="  ", caption_in="listed")
@@ -216,7 +216,7 @@ def test_no_filter_reads_crawl_parts(tmp_path):
     manifest = run(tmp_path / "work", tmp_path / "out", no_filter=True)
     rows = {r["url"]: r for r in all_samples(tmp_path / "out")}
     assert [(rows[r["url"]]["caption"], rows[r["url"]]["caption_source"]) for r in (recs[0], recs[1], recs[3])] == [
-        ("an alt", "alt"),
+        ("a red bicycle", "alt"),
         ("from the list", "caption_in"),
         ("listed", "caption_in"),
     ]
@@ -352,3 +352,24 @@ def test_cli_options_and_validation(tmp_path):
         _shards_config(tmp_path / "empty", tmp_path / "o").check_inputs()
     with pytest.raises(ConfigError, match="--no-filter"):
         run_shards(_shards_config(tmp_path / "empty", tmp_path / "o"))
+
+
+def test_license_policy(tmp_path):
+    recs = distinct_records(6)
+    for rec, lic in zip(recs, ["CC-BY-4.0", "CC-BY-NC-4.0", None, "CC0-1.0", "LicenseRef-PDM", "CC-BY-SA-3.0-DE"]):
+        rec["license"] = lic
+    write_scored_part(tmp_path / "work", 0, recs)
+    manifest = run(tmp_path / "work", tmp_path / "out", licenses=("commercial",))
+    written = {r["license"] for r in all_samples(tmp_path / "out")}
+    assert written == {"CC-BY-4.0", "CC0-1.0", "LicenseRef-PDM", "CC-BY-SA-3.0-DE"}
+    assert manifest["totals"]["dropped"] == {"license_not_allowed": 1, "license_unknown": 1}
+    lic = manifest["respected"]["licenses"]
+    assert lic["policy"] == ["commercial"] and lic["samples_by_license"]["CC0-1.0"] == 1
+    log = {r["url"]: r["detail"] for r in dedup_log(tmp_path / "out")}
+    assert log[recs[1]["url"]] == "CC-BY-NC-4.0"
+    # explicit ids and patterns; no policy changes nothing
+    manifest = run(tmp_path / "work", tmp_path / "out2", licenses=("CC-BY-*", "cc0-1.0"))
+    assert {r["license"] for r in all_samples(tmp_path / "out2")} == {"CC-BY-4.0", "CC-BY-NC-4.0", "CC0-1.0", "CC-BY-SA-3.0-DE"}
+    assert len(all_samples(tmp_path / "out3") if run(tmp_path / "work", tmp_path / "out3") else []) == 6
+    with pytest.raises(ConfigError, match="--licenses"):
+        ShardsConfig(work=tmp_path / "work", out=tmp_path / "o", licenses=("CC BY 4.0!",))

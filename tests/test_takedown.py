@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from datetime import datetime, timezone
 import json
 import tarfile
 from pathlib import Path
@@ -122,3 +123,23 @@ def _remove_config(out: Path, *argv: str) -> RemoveConfig:
     parser = argparse.ArgumentParser()
     add_options(parser, RemoveConfig)
     return from_namespace(RemoveConfig, parser.parse_args([str(out), *argv]))
+
+
+def test_a_takedown_covers_the_near_copies_kept_out_in_its_favour(tmp_path):
+    """Removing a near-duplicate group's survivor by URL also keeps the copy that was dropped in
+    its favour out of OUT, even when a later crawl brings that copy back as a new record."""
+    original = image_record(encode(make_image(7, size=96)), "https://a.org/photo.jpg", license="CC0-1.0", clip_score=0.9)
+    smaller = image_record(encode(make_image(7, size=96).resize((80, 80)), quality=60), "https://b.org/photo-small.jpg")
+    work, out = tmp_path / "work", tmp_path / "out"
+    write_scored_part(work, 0, [original, smaller])
+    first = run_shards(ShardsConfig(work=work, out=out))
+    assert first["totals"]["dropped"] == {"near_duplicate": 1} and set(samples(out).values()) == {original["url"]}
+    takedown = tmp_path / "t.txt"
+    takedown.write_text(original["url"] + "\n")
+    run_remove(_remove_config(out, "--takedown", str(takedown)))
+    kinds = {json.loads(line)["kind"] for line in (out / "blocklist.jsonl").read_text().splitlines()}
+    assert kinds == {"url", "sha256", "phash"}, "the removed sample's bytes and picture are blocklisted too"
+    # a new crawl of the copy (another fetch time): blocked by the derived pHash entry
+    write_scored_part(work, 1, [dict(smaller, fetched_at=datetime(2025, 1, 2, tzinfo=timezone.utc))])
+    again = run_shards(ShardsConfig(work=work, out=out))
+    assert samples(out) == {} and again["runs"][-1]["stages"]["shards"]["dropped"] == {"blocklisted": 1}
