@@ -604,7 +604,7 @@ def render(data: ReportData) -> str:
         f"<div><h3>taken down after publication</h3>{counts_table(removed, 'reason', 'drop')}</div></div></section>",
         f"<section id='licences'><h2>Licences and respect</h2><div class='cols'>"
         f"<div><h3>samples by licence</h3>{counts_table(data.licences, 'licence', 'kept')}</div>"
-        f"<div><h3>opt-outs and refusals honoured</h3>{_respect_table(respected_counts(m))}</div></div></section>",
+        f"<div><h3>opt-outs and refusals honoured</h3>{_respect_tables(respected_counts(m))}</div></div></section>",
         f"<section id='hosts'><h2>Top hosts</h2>{_hosts_table(data.hosts)}</section>",
         _gallery("kept", f"Kept samples ({len(data.kept)} of {data.kept_total:,}, spread over the shards)", data.kept),
         _gallery("dropped", f"Dropped ({len(data.dropped)} of {data.dropped_total:,}, taken in turn from each reason)",
@@ -642,8 +642,19 @@ def _filter_section(data: ReportData, not_kept: dict[str, int], threshold: float
     return f"<section id='filter'><h2>Filter</h2>{body}</section>"
 
 
-def _respect_table(respected: dict[str, Any]) -> str:
-    return counts_table(flat_counts(respected), "signal", "drop")
+def _respect_tables(respected: dict[str, Any]) -> str:
+    """The manifest's ``respected`` section (or the crawl's refusals): one table per group, its settings as notes."""
+    if not respected:
+        return "<p class='note'>none</p>"
+    loose = {k: v for k, v in respected.items() if not isinstance(v, dict)}
+    groups = {k: v for k, v in respected.items() if isinstance(v, dict)}
+    html_parts = [counts_table(flat_counts(loose, zeros=True), "signal", "drop")] if loose else []
+    for name, group in groups.items():
+        counts = flat_counts(group, zeros=True)
+        notes = ", ".join(f"{k}: {v}" for k, v in group.items() if not isinstance(v, (dict, int, float)) or isinstance(v, bool))
+        html_parts.append(f"<h3>{_e(name.replace('_', ' '))}</h3>" + (f"<p class='note'>{_e(notes)}</p>" if notes else "")
+                          + counts_table(counts, "what", "drop"))
+    return "".join(html_parts)
 
 
 def _hosts_table(hosts: list[tuple[str, int, int, int]]) -> str:

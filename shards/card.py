@@ -173,14 +173,14 @@ def respected_counts(manifest: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def flat_counts(d: dict[str, Any], prefix: str = "") -> dict[str, int | float]:
-    """Nested counts as ``{"a / b": n}`` (non-numbers and zeros left out), for tables."""
+def flat_counts(d: dict[str, Any], prefix: str = "", zeros: bool = False) -> dict[str, int | float]:
+    """Nested counts as ``{"a / b": n}`` (non-numbers, and zeros unless asked for, left out), for tables."""
     out: dict[str, int | float] = {}
     for k, v in d.items():
         name = f"{prefix}{k}"
         if isinstance(v, dict):
-            out.update(flat_counts(v, f"{name} / "))
-        elif isinstance(v, (int, float)) and not isinstance(v, bool) and v:
+            out.update(flat_counts(v, f"{name} / ", zeros))
+        elif isinstance(v, (int, float)) and not isinstance(v, bool) and (v or zeros):
             out[name] = v
     return out
 

@@ -114,7 +114,9 @@ def test_report_of_a_run(synthetic_run):
     assert "threshold 0.28" in html and "alt: 21 kept, 2 dropped" in html  # the filter's kept include the copies
     # licences, respect, hosts
     assert re.search(r"<td>CC-BY-4.0</td><td class='n'>33</td>", html) and re.search(r"<td>CC0-1.0</td><td class='n'>17</td>", html)
-    assert re.search(r"<td>robots / images</td><td class='n'>2</td>", html)
+    # the manifest's "respected" section, or without one the crawl's refusals
+    assert re.search(r"<h3>images refused</h3>.*?<td>robots</td><td class='n'>2</td>", html) or \
+        re.search(r"<td>robots / images</td><td class='n'>2</td>", html)
     assert "<td>a.example</td>" in html and "<td>b.example</td>" in html
     # a second report replaces the first and leaves nothing behind
     write_report(out, work)
@@ -214,3 +216,13 @@ def test_report_of_the_pipeline_in_chromium(tmp_path, demo_site, tiny):  # noqa:
         assert im.size[0] == 1366 and im.size[1] > 800
     spread, colours = blankness(result.screenshot)
     assert spread > 20 and colours > 1000, (spread, colours)
+
+
+def test_respected_counts_without_a_respected_section():
+    """An OUT whose manifest predates the "respected" section: the crawl's refusals stand in for it."""
+    from shards.card import respected_counts
+
+    manifest = {"stages": {"crawl": {"images": {"ok": 5, "robots": 2, "tdmrep": 1}, "pages": {"ok": 3, "noai": 1}}}}
+    assert respected_counts(manifest) == {"robots": {"images": 2, "pages": 0}, "noai": {"images": 0, "pages": 1},
+                                          "tdmrep": {"images": 1, "pages": 0}}
+    assert respected_counts({**manifest, "respected": {"images_refused": {"robots": 2}}}) == {"images_refused": {"robots": 2}}
