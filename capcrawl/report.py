@@ -41,7 +41,8 @@ import pyarrow.parquet as pq
 from common.errors import ConfigError
 from common.layout import CRAWL_DIR, SCORED_DIR, list_parts
 from common.records import DropReason, Status
-from shards.card import flat_counts, licence_counts, respected_counts
+from shards.card import flat_counts, respected_counts
+from shards.manifest import license_mix
 from shards.outdir import DEDUP_LOG_DIR, MANIFEST_FILE, REMOVALS_FILE, list_shards, parquet_path, read_json, tar_path
 
 log = logging.getLogger(__name__)
@@ -399,7 +400,7 @@ def gather(out: Path, work: Path | None = None) -> ReportData:
     # the filter's view (every scored row) when WORK has it, else the published samples' scores
     data.scores = filter_scores.by_source() or kept_scores.by_source()
     data.hosts = top_hosts(out, work)
-    data.licences = licence_counts(out)
+    data.licences = license_mix(out)
     return data
 
 

@@ -12,23 +12,22 @@ strings here.
 
 The body is the dataset's datasheet: how it was built, what it holds, what was honoured and
 how to ask for a takedown. Everything comes from the manifest, the stats files of the stages
-(as the manifest keeps them) and one column of the shards' parquet files (the licences).
+(as the manifest keeps them) and the shards' licence column (:func:`shards.manifest.license_mix`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from common.fileio import atomic_write_bytes
 from common.records import SAMPLE_SCHEMA, Status
-from shards.outdir import list_shards, parquet_path, read_json, stats_path
+from shards.manifest import license_mix
+from shards.outdir import list_shards, read_json, stats_path
 from shards.writer import image_extension
 
 log = logging.getLogger(__name__)
@@ -149,16 +148,6 @@ def image_extensions(out: Path) -> list[str]:
     return sorted(exts)
 
 
-def licence_counts(out: Path) -> dict[str, int]:
-    """Samples per licence (``unknown`` for none recorded), over every shard."""
-    counts: Counter[str] = Counter()
-    for name in list_shards(out):
-        path = parquet_path(out, name)
-        if path.is_file() and "license" in pq.read_schema(path).names:
-            counts.update((v or "").strip() or "unknown" for v in pq.ParquetFile(path).read(columns=["license"]).column("license").to_pylist())
-    return dict(counts.most_common())
-
-
 def respected_counts(manifest: dict[str, Any]) -> dict[str, Any]:
     """What was honoured: the manifest's ``respected`` section, else crawl statuses that mean "no"."""
     if isinstance(manifest.get("respected"), dict) and manifest["respected"]:
@@ -276,7 +265,7 @@ def card_text(out: Path, manifest: dict[str, Any]) -> str:
     lines += _table(_counts(totals.get("dropped")), ("reason", "samples"))
     lines += ["## Licences", "", "Each sample's `license` is an SPDX id found on its page (or `unknown`). "
               "Check each sample's licence before you use or redistribute it.", ""]
-    lines += _table(licence_counts(out).items(), ("licence", "samples"))
+    lines += _table(sorted(license_mix(out).items(), key=lambda kv: (-kv[1], kv[0])), ("licence", "samples"))
     lines += _honoured(manifest)
     lines += _loading(out)
     lines += ["## Fields", "", "Each sample is `KEY.jpg` (or `.png`/`.webp`), `KEY.txt` (the caption) and `KEY.json`:", ""]
@@ -292,11 +281,24 @@ def _honoured(manifest: dict[str, Any]) -> list[str]:
              "Images whose site said no were never fetched or never kept: robots.txt (pages and images), `noai`/`noimageai` "
              "in meta robots or `X-Robots-Tag`, TDMRep, AI-usage preferences, `ai.txt`; hosts on private addresses were "
              "refused; takedown requests are applied to the shards and blocklisted for later runs.", ""]
-    lines += _table(flat_counts(respected).items(), ("signal", "count"))
+    signals = {k: v for k, v in respected.items() if k not in ("licenses", "faces", "takedowns")}
+    lines += _table(flat_counts(signals).items(), ("signal", "count"))
+    licenses = respected.get("licenses") if isinstance(respected.get("licenses"), dict) else {}
+    if licenses:
+        lines.append(f"- Licence policy: {licenses.get('policy') or 'none (every licence kept, unknown included)'}; "
+                     f"dropped for an unknown licence {licenses.get('unknown_dropped', 0)}, "
+                     f"for a licence outside the policy {licenses.get('not_allowed_dropped', 0)}.")
     removed = sum((totals.get("removed") or {}).values())
     lines.append(f"- Takedowns: {removed} sample(s) removed after publication"
                  f" ({len(manifest.get('removals') or [])} takedown request file(s) applied).")
-    lines.append(f"- Faces: {totals.get('face_count', 0)} face(s) recorded in the published samples.")
+    faces = respected.get("faces") if isinstance(respected.get("faces"), dict) else {}
+    if faces:
+        ran = {True: "yes", False: "no: faces are neither blurred nor dropped"}.get(faces.get("detected"), "not recorded")
+        lines.append(f"- Faces: policy {faces.get('policy', 'not recorded')}; face detection ran: {ran}; "
+                     f"{faces.get('faces_found', totals.get('face_count', 0))} face(s) found in the published samples, "
+                     f"{faces.get('samples_dropped', 0)} sample(s) dropped for faces.")
+    else:
+        lines.append(f"- Faces: {totals.get('face_count', 0)} face(s) recorded in the published samples.")
     lines += ["", "## Takedown requests", "",
               "To have an image removed, send the maintainer of this dataset its image URL or page URL (or `domain:HOST` "
               "for a whole site, or the image's `sha256`). The maintainer applies it with "
