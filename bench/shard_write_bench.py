@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common.records import SCORED_SCHEMA  # noqa: E402
 from shards.config import ShardsConfig  # noqa: E402
-from shards.run import run_shards  # noqa: E402
+from shards.stage import run_shards  # noqa: E402
 from tests.synthetic import encode, image_record, make_image, write_scored_part  # noqa: E402
 from shards.writer import ShardWriter  # noqa: E402
 

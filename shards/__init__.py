@@ -11,14 +11,14 @@ from typing import Any
 
 
 def run(config: "ShardsConfig") -> dict[str, Any]:  # noqa: F821
-    """Dedup and write new shards into OUT; return the manifest (see :func:`shards.run.run_shards`)."""
-    from .run import run_shards
+    """Dedup and write new shards into OUT; return the manifest (see :func:`shards.stage.run_shards`)."""
+    from .stage import run_shards
 
     return run_shards(config)
 
 
 def remove(config: "RemoveConfig") -> dict[str, Any]:  # noqa: F821
-    """Apply a takedown file to OUT; return the manifest (see :func:`shards.remove.run_remove`)."""
-    from .remove import run_remove
+    """Apply a takedown file to OUT; return the manifest (see :func:`shards.takedown.run_remove`)."""
+    from .takedown import run_remove
 
     return run_remove(config)

@@ -3,7 +3,7 @@
     OUT/00000.tar  00000.parquet  00000_stats.json     one shard (the .tar is renamed last)
     OUT/index/00000.parquet  00000.npy                 dedup index of that shard (key, url, sha256, phash, fetched_at; embeddings)
     OUT/dedup_log/run-00000.parquet                    every sample a shards run dropped, why, and what it duplicates
-    OUT/blocklist.jsonl  OUT/removals.jsonl            takedowns (see shards.blocklist, shards.remove)
+    OUT/blocklist.jsonl  OUT/removals.jsonl            takedowns (see shards.blocklist, shards.takedown)
     OUT/manifest.json                                  run-level sums
     OUT/README.md                                      the dataset card (shards.card): `datasets` reads it; the datasheet
     OUT/.capcrawl.lock                                 held (flock) while a command writes OUT

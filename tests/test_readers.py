@@ -47,7 +47,7 @@ def _mixed_rows(n: int = 14) -> list[dict]:
 @pytest.fixture
 def mixed_out(tmp_path) -> Path:
     """A finished OUT (two runs of the real shards stage, three shards) of samples with and without text fields."""
-    from shards.run import run_shards  # (after its first call, `shards.run` names this submodule)
+    from shards.stage import run_shards
 
     work, out = tmp_path / "work", tmp_path / "out"
     rows = _mixed_rows()
@@ -138,7 +138,7 @@ def test_card_features_are_the_sample_schema_as_datasets_reads_it(mixed_out):
 
 
 def test_card_is_the_datasheet_and_follows_removals(mixed_out, tmp_path):
-    from shards.remove import run_remove
+    from shards.takedown import run_remove
 
     card = (mixed_out / CARD_FILE).read_text()
     assert "**14 samples**" in card

@@ -16,7 +16,7 @@ from capcrawl.report import DROPPED_THUMBS, KEPT_THUMBS, REPORT_DIR, write_repor
 from common.fileio import atomic_write_json
 from common.layout import CRAWL_DIR, SCORED_DIR, STATS_FILE
 from shards.config import ShardsConfig
-from shards.run import run_shards
+from shards.stage import run_shards
 
 from .browser import CHROMIUM, blankness, load_page
 from .conftest import run_cli

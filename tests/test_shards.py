@@ -23,7 +23,7 @@ from shards.config import ShardsConfig
 from shards.dedup import greedy_survivors
 from shards.near_index import near_pairs, near_pairs_between, plan_blocks
 from common.phash import hamming, hex_to_uint64, uint64_to_hex
-from shards.run import run_shards
+from shards.stage import run_shards
 from tests.synthetic import encode, image_record, make_image, write_crawl_part, write_scored_part
 
 REPO = Path(__file__).resolve().parents[1]
@@ -292,7 +292,7 @@ def slow(tar, name, data):
     return real(tar, name, data)
 writer.add_member = slow
 from shards.config import ShardsConfig
-from shards.run import run_shards
+from shards.stage import run_shards
 run_shards(ShardsConfig(work=sys.argv[1], out=sys.argv[2], samples_per_shard=10))
 """
 
@@ -373,3 +373,16 @@ def test_license_policy(tmp_path):
     assert len(all_samples(tmp_path / "out3") if run(tmp_path / "work", tmp_path / "out3") else []) == 6
     with pytest.raises(ConfigError, match="--licenses"):
         ShardsConfig(work=tmp_path / "work", out=tmp_path / "o", licenses=("CC BY 4.0!",))
+
+
+def test_stage_entry_functions_survive_repeated_calls(tmp_path):
+    """`shards.run` stays the stage's entry function after its first call (a submodule named
+    `run` used to replace it on the package), and so do the other stages' `run`."""
+    import crawler
+    import filter as clip_filter
+    import shards
+
+    write_scored_part(tmp_path / "work", 0, distinct_records(2))
+    for out in ("o1", "o2"):
+        assert callable(shards.run) and shards.run(ShardsConfig(work=tmp_path / "work", out=tmp_path / out))["totals"]["samples"] == 2
+    assert callable(shards.remove) and callable(crawler.run) and callable(clip_filter.run)

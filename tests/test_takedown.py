@@ -16,8 +16,8 @@ from common.records import DropReason
 from shards.blocklist import parse_takedown
 from common.options import add_options, from_namespace
 from shards.config import RemoveConfig, ShardsConfig
-from shards.remove import run_remove
-from shards.run import run_shards
+from shards.takedown import run_remove
+from shards.stage import run_shards
 from tests.synthetic import encode, image_record, make_image, write_scored_part
 
 
