@@ -326,7 +326,8 @@ def process_image(data: bytes, opts: ImageOptions, content_type: str | None = No
         img = _to_rgb(img)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
         return _fail(res, Status.CORRUPT, f"{type(e).__name__}: {e}")
-    scaled = _scale(img, opts, target, reduced=k > 1)
+    reduced = k > 1 and img.width * img.height < ow * oh  # Pillow's draft may decline (several tiles)
+    scaled = _scale(img, opts, target, reduced=reduced)
     res.phash = perceptual_hash(_phash_source(img, scaled))
     out = _frame(scaled, opts)
     res.image, res.image_format = _encode(out, opts), opts.image_format
