@@ -3,7 +3,9 @@
     python bench/count_samples.py OUT_DIR [--urls urls.csv]
 
 Prints one JSON line: ``samples`` (image members in OUT_DIR/*.tar), ``urls`` (distinct source
-URLs found in the samples' .json) and, with --urls, ``missing`` (listed URLs with no sample).
+URLs found in the samples' .json), ``dropped`` (samples capcrawl's `shards` dropped as exact or
+near duplicates, from OUT_DIR/manifest.json; 0 for other tools) and, with --urls, ``missing``
+(listed URLs with no sample, dropped duplicates included).
 Standard library only: it runs under img2dataset's Python too.
 """
 
@@ -32,7 +34,9 @@ def main() -> int:
                     samples += 1
                 elif m.name.endswith(".json"):
                     urls.add(json.load(tf.extractfile(m))["url"])
-    rec = {"samples": samples, "urls": len(urls)}
+    manifest = a.out / "manifest.json"
+    dropped = sum(json.loads(manifest.read_text())["totals"]["dropped"].values()) if manifest.exists() else 0
+    rec = {"samples": samples, "urls": len(urls), "dropped": dropped}
     if a.urls:
         with open(a.urls, newline="") as fh:
             wanted = {row["url"] for row in csv.DictReader(fh)}

@@ -47,6 +47,18 @@ build_site() {  # build_site [--list-sizes N ...]
     "$PY" "$REPO/bench/site.py" "$BENCH_DIR" --port "$BENCH_PORT" "$@"
 }
 
+# SET picks the image set of vs_img2dataset.sh and ab_checkouts.sh: unset or "base" is
+# site.py's 3,000 640x480 JPEGs (urls.csv); indep, photos, png are bench/imagesets.py's.
+SET="${SET:-base}"
+set_urls() {  # the URL list of $SET (run build_site first; generates the set when missing)
+    if [ "$SET" = base ]; then
+        echo "$BENCH_DIR/urls.csv"
+    else
+        "$PY" "$REPO/bench/imagesets.py" "$BENCH_DIR" --port "$BENCH_PORT" --sets "$SET" >&2
+        echo "$BENCH_DIR/urls-$SET.csv"
+    fi
+}
+
 # nginx with a config of our own: 1 worker, 127.0.0.1 and 127.0.0.2 on BENCH_PORT, no access log.
 start_nginx() {
     local d="$BENCH_DIR/nginx"
@@ -63,7 +75,7 @@ http {
     fastcgi_temp_path $d/tmp/fastcgi;
     uwsgi_temp_path $d/tmp/uwsgi;
     scgi_temp_path $d/tmp/scgi;
-    types { text/html html; image/jpeg jpg; text/plain txt; }
+    types { text/html html; image/jpeg jpg; image/png png; text/plain txt; }
     default_type application/octet-stream;
     sendfile on;
     tcp_nopush on;

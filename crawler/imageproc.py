@@ -2,20 +2,33 @@
 
 Runs in worker processes (never on the reactor thread). Pure functions of bytes and
 options, so they are tested directly and shared by crawl and URL-list modes.
+
+JPEGs that are shrunk with the default ``area`` resampling take a faster road when
+simplejpeg (libjpeg-turbo's TurboJPEG API) and OpenCV are installed: the file is decoded at
+a reduced scale in the DCT domain (1/2, 1/4 or 1/8, chosen by :func:`dct_scale`), resized
+the rest of the way by pixel-area averaging (``cv2.INTER_AREA``) and encoded by
+libjpeg-turbo straight from the decoded array. Without them, or for anything else (PNG,
+WebP, CMYK JPEGs, files libjpeg-turbo only half decodes), Pillow does the work as before,
+with the same choice of scale.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import re
 import warnings
 from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from common.phash import PHASH_SOURCE_MIN_SIDE, perceptual_hash
 from common.records import Status
+
+log = logging.getLogger(__name__)
 
 RESIZE_MODES = ("no", "keep_ratio", "keep_ratio_largest", "center_crop", "border")
 #: Resampling filters. "area" averages the covered pixels when shrinking (what img2dataset's
@@ -67,11 +80,84 @@ def _target_size(w: int, h: int, opts: ImageOptions) -> tuple[int, int]:
     return max(1, round(w * scale)), max(1, round(h * scale))
 
 
-def _scale(img: Image.Image, opts: ImageOptions) -> Image.Image:
-    """The image at its target size, before any crop or border."""
-    tw, th = _target_size(img.width, img.height, opts)
+#: A JPEG bound for a smaller size may be decoded at 1/k scale in the DCT domain (k = 2, 4
+#: or 8) when the decoded image keeps at least this share of the target size on each side.
+#: Area averaging over boxes of s source pixels passes frequencies up to 0.443/s cycles per
+#: pixel at half power or more (|sinc(0.443)| = 0.71); a 1/k decode keeps every frequency
+#: below 1/(2k). At decoded/target = s/k >= 0.886 the DCT keeps all that the area filter
+#: passes at half power or more, so what a reduced decode loses is what the area average
+#: itself all but removes. The rest of the way is an area average down, or an area-overlap
+#: interpolation up by at most 1/0.886 = 1.13x. Measured against a full decode with an exact
+#: area resize in bench/quality_guard.py (bench/README.md).
+DCT_SCALE_MIN_SHARE = 0.886
+_DCT_SCALES = (8, 4, 2)
+
+
+def dct_scale(w: int, h: int, tw: int, th: int, min_share: float = DCT_SCALE_MIN_SHARE) -> int:
+    """The largest k in 8, 4, 2 (else 1) at which a w x h JPEG decoded at 1/k keeps at least
+    ``min_share`` of the target size tw x th on both sides (1.0: the decode covers the target)."""
+    for k in _DCT_SCALES:
+        if -(-w // k) >= min_share * tw and -(-h // k) >= min_share * th:
+            return k
+    return 1
+
+
+class _FastCodecs:
+    """simplejpeg and OpenCV when both import (see the module docstring); ``None`` otherwise."""
+
+    modules: tuple[Any, Any] | None = None
+    loaded = False
+    enabled = True
+
+
+def fast_codecs() -> tuple[Any, Any] | None:
+    """``(simplejpeg, cv2)``, or ``None`` when either is missing or the fast road is switched off.
+
+    OpenCV is told to use one thread: each image worker is a process of its own already.
+    """
+    if not _FastCodecs.enabled:
+        return None
+    if not _FastCodecs.loaded:
+        _FastCodecs.loaded = True
+        try:
+            import cv2
+            import simplejpeg
+        except ImportError as e:
+            log.debug("simplejpeg or OpenCV missing (%s): JPEGs are decoded and resized with Pillow", e)
+        else:
+            cv2.setNumThreads(1)
+            _FastCodecs.modules = (simplejpeg, cv2)
+    return _FastCodecs.modules
+
+
+def use_fast_codecs(enabled: bool) -> bool:
+    """Switch the simplejpeg/OpenCV road on or off in this process; returns the previous setting.
+
+    For tests and the quality benchmark, which compare both roads on the same files."""
+    previous, _FastCodecs.enabled = _FastCodecs.enabled, enabled
+    return previous
+
+
+def _reduced_size(w: int, h: int, k: int) -> tuple[int, int]:
+    """The size of a w x h JPEG decoded at 1/k (libjpeg rounds up)."""
+    return -(-w // k), -(-h // k)
+
+
+def _scale(img: Image.Image, opts: ImageOptions, target: tuple[int, int] | None = None, reduced: bool = False) -> Image.Image:
+    """The image at its target size, before any crop or border.
+
+    ``target`` is the size computed from the original file; ``reduced`` says the image is a
+    JPEG decoded at 1/k (:func:`dct_scale`), within 0.886-1.77x of the target, and brought to
+    it with Pillow's bilinear (triangle) filter, not the Lanczos of a real enlargement.
+    """
+    tw, th = target or _target_size(img.width, img.height, opts)
     if (tw, th) == img.size:
         return img
+    if opts.resample == "area" and reduced:
+        # At most 1.77x down or 1.13x up is left. Pillow's BOX takes whole pixels by their
+        # centres, too coarse at such ratios (1600x1200 decoded at 1/4 = 400x300 -> 341x256:
+        # 1.7 dB under an exact area average); its triangle filter is closer.
+        return img.resize((tw, th), Image.Resampling.BILINEAR)
     if opts.resample == "area" and tw <= img.width and th <= img.height:
         return img.resize((tw, th), Image.Resampling.BOX)
     flt = Image.Resampling.BICUBIC if opts.resample == "bicubic" else Image.Resampling.LANCZOS
@@ -147,6 +233,41 @@ def embedded_rights(img: Image.Image, data: bytes) -> tuple[str | None, str | No
     return notice, url
 
 
+#: ``Image.transpose`` methods for EXIF orientations 2-8 (what ``ImageOps.exif_transpose`` does).
+_ORIENTATION_METHODS = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+_EXIF_ORIENTATION = 0x0112
+
+
+def _orientation(img: Image.Image) -> int:
+    """The EXIF orientation (1-8) of an opened image; 1 when absent or invalid."""
+    value = img.getexif().get(_EXIF_ORIENTATION, 1)
+    return value if value in _ORIENTATION_METHODS else 1
+
+
+def _shrink_plan(img: Image.Image, opts: ImageOptions) -> tuple[tuple[int, int], int]:
+    """The target size of an opened image, upright, and the DCT scale k to decode it at (1
+    for anything but a shrunk JPEG). EXIF orientations 5-8 turn the image a quarter, so that
+    its stored width is its upright height."""
+    w, h = img.size
+    turned = _orientation(img) >= 5
+    uw, uh = (h, w) if turned else (w, h)
+    tw, th = _target_size(uw, uh, opts)
+    k = 1
+    if img.format == "JPEG" and opts.resize_mode != "no" and tw <= uw and th <= uh:
+        # Bicubic and Lanczos keep the old rule: the reduced decode covers the target.
+        share = DCT_SCALE_MIN_SHARE if opts.resample == "area" else 1.0
+        k = dct_scale(w, h, *((th, tw) if turned else (tw, th)), min_share=share)
+    return (tw, th), k
+
+
 def process_image(data: bytes, opts: ImageOptions, content_type: str | None = None) -> ImageResult:
     """Turn downloaded bytes into a sample image, or a status saying why not."""
     sha = hashlib.sha256(data).hexdigest()
@@ -175,10 +296,14 @@ def process_image(data: bytes, opts: ImageOptions, content_type: str | None = No
         return _fail(res, Status.TOO_SMALL, f"{ow}x{oh} is under {opts.min_image_size} px")
     try:
         res.rights, res.rights_url = embedded_rights(img, data)
-        if img.format == "JPEG" and opts.resize_mode != "no":
-            # Decode at a reduced scale (1/2, 1/4, 1/8) that still covers the target size.
-            tw, th = _target_size(ow, oh, opts)
-            img.draft("RGB", (tw, th))
+        target, k = _shrink_plan(img, opts)
+    except (OSError, SyntaxError, ValueError) as e:
+        return _fail(res, Status.CORRUPT, f"{type(e).__name__}: {e}")
+    if _fast_jpeg(data, img, opts, target, k, res):
+        return res
+    try:
+        if k > 1:  # decode at 1/k in the DCT domain (dct_scale); Pillow's draft takes the k that fits
+            img.draft("RGB", (max(1, ow // k), max(1, oh // k)))
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img.load()
@@ -186,12 +311,56 @@ def process_image(data: bytes, opts: ImageOptions, content_type: str | None = No
         img = _to_rgb(img)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
         return _fail(res, Status.CORRUPT, f"{type(e).__name__}: {e}")
-    scaled = _scale(img, opts)
+    reduced = k > 1 and img.width * img.height < ow * oh  # Pillow's draft may decline (several tiles)
+    scaled = _scale(img, opts, target, reduced=reduced)
     res.phash = perceptual_hash(_phash_source(img, scaled))
     out = _frame(scaled, opts)
     res.image, res.image_format = _encode(out, opts), opts.image_format
     res.width, res.height = out.size
     return res
+
+
+def _fast_jpeg(data: bytes, img: Image.Image, opts: ImageOptions, target: tuple[int, int], k: int, res: ImageResult) -> bool:
+    """Decode (at 1/k), resize, hash and encode a shrunk JPEG with simplejpeg and OpenCV.
+
+    Fills ``res`` and returns True; returns False, touching nothing, where Pillow has to do
+    it: the codecs are missing, the resampling is not ``area``, the image is enlarged, the file
+    is not YCbCr or greyscale (CMYK, YCCK), or libjpeg-turbo reports it damaged (Pillow then
+    decides between ``ok`` and ``corrupt``, as it always did).
+    """
+    codecs = fast_codecs()
+    w, h = img.size
+    if codecs is None or img.format != "JPEG" or img.mode not in ("RGB", "L") or opts.resample != "area":
+        return False
+    orientation = _orientation(img)
+    tw, th = target
+    uw, uh = (h, w) if orientation >= 5 else (w, h)
+    if tw > uw or th > uh:  # enlarged: Pillow's Lanczos, as always
+        return False
+    simplejpeg, cv2 = codecs
+    dw, dh = _reduced_size(w, h, k)
+    try:
+        decoded = simplejpeg.decode_jpeg(data, colorspace="RGB", min_width=dw, min_height=dh, min_factor=k)
+    except ValueError as e:  # damaged or unusual: Pillow's decoder decides, as before
+        log.debug("simplejpeg could not decode (%s); Pillow decodes", e)
+        return False
+    if orientation != 1:
+        decoded = np.asarray(Image.fromarray(decoded).transpose(_ORIENTATION_METHODS[orientation]))
+    if decoded.shape[:2] == (th, tw):
+        scaled = decoded
+    else:
+        scaled = cv2.resize(decoded, (tw, th), interpolation=cv2.INTER_AREA)
+    src = scaled if scaled.size < decoded.size and min(th, tw) >= _PHASH_SIDE else decoded
+    res.phash = perceptual_hash(Image.fromarray(src))
+    if opts.image_format == "jpg" and opts.resize_mode in ("keep_ratio", "keep_ratio_largest", "no"):
+        res.image = simplejpeg.encode_jpeg(scaled, quality=opts.quality, colorspace="RGB", colorsubsampling="420")
+        res.width, res.height = tw, th
+    else:
+        out = _frame(Image.fromarray(scaled), opts)
+        res.image = _encode(out, opts)
+        res.width, res.height = out.size
+    res.image_format = opts.image_format
+    return True
 
 
 def _fail(res: ImageResult, status: Status, error: str) -> ImageResult:

@@ -1,6 +1,7 @@
 """What the image workers' fork server imports before it forks any worker (:mod:`crawler.workers`).
 
-Importing this module is the preload: the image code, then imagehash and the scipy DCT that
+Importing this module is the preload: the image code, simplejpeg and OpenCV where they are
+installed (:func:`crawler.imageproc.fast_codecs`), then imagehash and the scipy DCT that
 ``imagehash.phash`` imports on its first call. It then freezes the garbage collector's view
 of everything imported (``gc.freeze``), as Python's documentation advises for a parent that
 forks without exec: collections in the workers never walk (and so never copy-on-write) the
@@ -12,7 +13,9 @@ Python's defaults). Only the fork server imports it.
 
 import gc
 
-from crawler import imageproc  # noqa: F401
+from crawler import imageproc
+
+imageproc.fast_codecs()
 
 try:  # workers would import them on their first pHash anyway
     import imagehash  # noqa: F401
