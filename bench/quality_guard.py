@@ -12,7 +12,7 @@ with sparse matrices so that the reference does not depend on the code under tes
 
 - PSNR (dB) of the sample's image, decoded, against that reference, over all RGB values;
 - the Hamming distance between the sample's stored pHash and the pHash of the reference
-  (:func:`crawler.imageproc.perceptual_hash`, the project's one pHash), and, for
+  (:func:`common.phash.perceptual_hash`, the project's one pHash), and, for
   comparison, imagehash's plain ``phash`` of the full-size source.
 
 Prints and writes one JSON object: n, psnr_mean, psnr_min, psnr_p01 (1st percentile),
@@ -126,7 +126,7 @@ def recomputed(files: list[Path], engine: str):
 def measure(items, limit: int | None = None) -> dict:
     import imagehash
 
-    from crawler.imageproc import perceptual_hash
+    from common.phash import perceptual_hash
 
     ps, bits, full_bits = [], [], []
     for n, (src_bytes, img_bytes, phash) in enumerate(items):

@@ -350,7 +350,7 @@ def _fast_jpeg(data: bytes, img: Image.Image, opts: ImageOptions, target: tuple[
         scaled = decoded
     else:
         scaled = cv2.resize(decoded, (tw, th), interpolation=cv2.INTER_AREA)
-    src = scaled if scaled.size < decoded.size and min(th, tw) >= _PHASH_SIDE else decoded
+    src = scaled if scaled.size < decoded.size and min(th, tw) >= PHASH_SOURCE_MIN_SIDE else decoded
     res.phash = perceptual_hash(Image.fromarray(src))
     if opts.image_format == "jpg" and opts.resize_mode in ("keep_ratio", "keep_ratio_largest", "no"):
         res.image = simplejpeg.encode_jpeg(scaled, quality=opts.quality, colorspace="RGB", colorsubsampling="420")

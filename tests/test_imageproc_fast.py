@@ -14,7 +14,8 @@ import pytest
 from PIL import Image, ImageDraw, ImageOps
 
 from crawler import imageproc
-from crawler.imageproc import ImageOptions, dct_scale, perceptual_hash, process_image
+from common.phash import perceptual_hash
+from crawler.imageproc import ImageOptions, dct_scale, process_image
 
 HAVE_FAST = imageproc.fast_codecs() is not None
 ENGINES = [pytest.param(True, id="simplejpeg+opencv", marks=pytest.mark.skipif(not HAVE_FAST, reason="simplejpeg/OpenCV not installed")),
