@@ -140,7 +140,7 @@ def measure(items, limit: int | None = None) -> dict:
         bits.append(int(stored - imagehash.hex_to_hash(perceptual_hash(Image.fromarray(ref)))))
         full_bits.append(int(stored - imagehash.phash(src)))
     if not ps:
-        raise SystemExit(f"no samples in {out}")
+        raise SystemExit("no samples to measure")
     b = np.array(bits)
     return {
         "n": len(ps),
