@@ -112,8 +112,10 @@ class PrivateRedis:
         self.stop()
 
 
-def worker_argv(argv: Sequence[str], frontier: str | None, worker: int, image_workers: int | None) -> list[str]:
-    """The command line of worker ``worker``: the user's, less ``--workers N``, with the frontier and its id."""
+def worker_argv(argv: Sequence[str], frontier: str | None, worker: int | None, image_workers: int | None) -> list[str]:
+    """A worker's command line: the user's, less ``--workers N``, plus the private frontier and the
+    worker's id (none on a shared frontier: each worker takes the lowest id no live worker holds,
+    so that ``--workers 4`` on several machines never asks for the same ids)."""
     out: list[str] = []
     skip = False
     for arg in argv:
@@ -127,7 +129,8 @@ def worker_argv(argv: Sequence[str], frontier: str | None, worker: int, image_wo
             continue
         out.append(arg)
     command = out.index("crawl")
-    out[command + 1:command + 1] = (["--frontier", frontier] if frontier else []) + ["--worker-id", str(worker)]
+    out[command + 1:command + 1] = (["--frontier", frontier] if frontier else []) + (
+        ["--worker-id", str(worker)] if worker is not None else [])
     if image_workers:
         out[command + 1:command + 1] = ["--image-workers", str(image_workers)]
     return ["-q", *out]
@@ -159,7 +162,7 @@ def run_workers(config: CrawlConfig, argv: Sequence[str]) -> tuple[int, dict[str
         procs = [
             subprocess.Popen(
                 [sys.executable, "-m", "capcrawl",
-                 *worker_argv(argv, None if frontier else frontier_url, k, image_workers)],
+                 *worker_argv(argv, None if frontier else frontier_url, None if frontier else k, image_workers)],
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,  # each worker's summary is in stats.json
             )
             for k in range(n)

@@ -365,3 +365,16 @@ def test_cluster_errors_are_one_line(tmp_path):
     assert len(gone.stderr.strip().splitlines()) == 1
     listed = run_cli("download", str(tmp_path / "x.txt"), "--work", str(tmp_path), "--frontier", "redis://h:1/0")
     assert listed.returncode == 2
+
+
+def test_workers_command_lines():
+    from capcrawl.cluster import exit_code, worker_argv
+
+    argv = ["-v", "crawl", "http://a/", "--work", "W", "--workers", "3", "--max-depth", "2"]
+    assert worker_argv(argv, "redis://127.0.0.1:7/0", 2, 4) == [
+        "-q", "-v", "crawl", "--image-workers", "4", "--frontier", "redis://127.0.0.1:7/0", "--worker-id", "2",
+        "http://a/", "--work", "W", "--max-depth", "2"]
+    shared = ["crawl", "http://a/", "--workers=2", "--frontier", "redis://h:1/0"]
+    assert worker_argv(shared, None, None, None) == ["-q", "crawl", "http://a/", "--frontier", "redis://h:1/0"], \
+        "on a shared frontier each worker takes a free id (several machines may run --workers)"
+    assert exit_code([0, 130, 75]) == 75 and exit_code([0, 130]) == 130 and exit_code([0, 1]) == 1 and exit_code([0]) == 0

@@ -233,6 +233,7 @@ class ClusterImagesSpider(ImagesSpider):
         """After the pipeline's last part: hand back what is unfinished, then write the shared stats."""
         self.journal.close()
         frontier = self.frontier
+        self._count("capcrawl/frontier/round_trips", frontier.ops)  # what this worker asked of Redis
         if frontier.failure:
             self._lose(FrontierError(frontier.failure))
             return
