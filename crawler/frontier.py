@@ -286,18 +286,20 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local hk, fk = P .. 'h:' .. host, P .. 'hf:' .. host
 redis.call('ZREMRANGEBYSCORE', fk, '-inf', now)
-local holders = redis.call('ZRANGE', fk, 0, -1)
-local n = #holders
-for _, h in ipairs(holders) do
-  local w, tok = string.match(h, '^([^|]*)|([^|]*)|')
-  if w and redis.call('GET', P .. 'alive:' .. w) ~= tok then redis.call('ZREM', fk, h); n = n - 1 end
-end
+local n = redis.call('ZCARD', fk)
 local st = redis.call('HMGET', hk, 'last', 'delay', 'until')
 local delay, given = tonumber(st[2]), tonumber(ARGV[5])
 if given >= 0 and (delay == nil or given > delay) then delay = given end
 local limit = tonumber(ARGV[4])
 if delay == nil then limit = 1 end
-if n >= limit then return -1 end
+if n >= limit then
+  -- full: free the requests of workers that are gone before saying so
+  for _, h in ipairs(redis.call('ZRANGE', fk, 0, -1)) do
+    local w, tok = string.match(h, '^([^|]*)|([^|]*)|')
+    if w and redis.call('GET', P .. 'alive:' .. w) ~= tok then redis.call('ZREM', fk, h); n = n - 1 end
+  end
+  if n >= limit then return -1 end
+end
 local ready = math.max((tonumber(st[1]) or 0) + (delay or 0), tonumber(st[3]) or 0)
 if now < ready then return ready - now end
 redis.call('ZADD', fk, now + tonumber(ARGV[6]), holder)
