@@ -458,6 +458,10 @@ class Frontier:
         except self._redis.RedisError as e:
             raise self._lost(e) from e
 
+    def fenced(self) -> FrontierError:
+        """The error of a worker whose work was handed to others (its part's rename found no file)."""
+        return self._lost(RuntimeError("FENCED"))
+
     def check(self) -> None:
         """Raise FrontierError when the heartbeat or a call found the frontier unusable."""
         if self.failure:
@@ -559,7 +563,7 @@ class Frontier:
                 self._lost(e)
                 return
             if not alive:
-                self._lost(RuntimeError("FENCED"))
+                self.fenced()
                 return
 
     def leave(self) -> None:

@@ -325,7 +325,7 @@ class ImagePipeline:
             self.writer.add(row)
         except self.commit_errors as e:
             if isinstance(e, FileNotFoundError):
-                self.frontier._lost(RuntimeError("FENCED"))
+                self.frontier.fenced()
             log.error("%s; the part's rows stay leased in the frontier", self.frontier.failure or e)
             return False
         return True

@@ -114,7 +114,10 @@ class ClusterImagesSpider(ImagesSpider):
         """With nothing in flight, put this worker's rows in a part: their leases end only then."""
         writer = getattr(self, "part_writer", None)
         if writer is not None and (writer.rows or writer.part_rows):
-            writer.flush()
+            try:
+                writer.flush()
+            except FileNotFoundError as e:  # its temporary file is gone: another worker took this one's work over
+                raise self.frontier.fenced() from e
 
     async def _admit_seeds(self) -> None:
         cfg = self.config
