@@ -378,3 +378,29 @@ def test_workers_command_lines():
     assert worker_argv(shared, None, None, None) == ["-q", "crawl", "http://a/", "--frontier", "redis://h:1/0"], \
         "on a shared frontier each worker takes a free id (several machines may run --workers)"
     assert exit_code([0, 130, 75]) == 75 and exit_code([0, 130]) == 130 and exit_code([0, 1]) == 1 and exit_code([0]) == 0
+
+
+@pytest.mark.slow
+def test_a_worker_presumed_dead_that_comes_back_is_fenced(tmp_path, redis_server, site):
+    """SIGSTOP a worker past the lease timeout: the other takes its work over; woken, it records nothing more."""
+    expected = _chain_site(site, pages=20)
+    work = tmp_path / "w"
+    procs = [worker(work, redis_server.url, k, site.url("/p/0.html"), *CHAIN_ARGS) for k in range(2)]
+    leased = lambda: redis_server.client().hlen("capcrawl:lease:0")  # noqa: E731
+    for _ in range(20):  # stop it while it holds work (it may commit its leases just before the signal)
+        wait_for(lambda: _parts_of(work, 0) >= 1 and leased() >= 3, 60, "worker 0 holding work")
+        procs[0].send_signal(signal.SIGSTOP)
+        if leased():
+            break
+        procs[0].send_signal(signal.SIGCONT)
+    assert leased(), "worker 0 was never stopped holding work"
+    try:
+        wait_for(lambda: redis_server.client().get("capcrawl:token:0") is None, 60, "worker 0 to be fenced")
+    finally:
+        procs[0].send_signal(signal.SIGCONT)
+    assert procs[0].wait(60) == 75
+    assert "presumed dead" in procs[0].stderr.read()
+    assert wait_all(procs[1:]) == [0], procs[1].stderr.read()
+    rows = by_url(crawl_rows(work))  # each URL once, though both workers held some of them
+    assert set(rows) == expected
+    assert stats_of(work)["complete"]
