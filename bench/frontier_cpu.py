@@ -23,10 +23,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import redis  # noqa: E402
+import redis
+from frontier_memory import image_url, item, page_url
 
-from frontier_memory import image_url, item, page_url  # noqa: E402
-from crawler.frontier import Frontier  # noqa: E402
+from crawler.frontier import Frontier
 
 
 def measure(n: int, aof: str) -> dict[str, float]:

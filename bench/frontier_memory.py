@@ -28,9 +28,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import redis  # noqa: E402
+import redis
 
-from crawler.frontier import Frontier  # noqa: E402
+from crawler.frontier import Frontier
 
 CONTEXT = ("A quiet street at dusk, lamps coming on one by one along the canal, bicycles leaning on the railings "
            "and a café with its chairs still out. The photographer waited for the last light to catch the water. "

@@ -18,8 +18,9 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from common.errors import ConfigError
 from crawler.config import CrawlConfig
@@ -104,7 +105,7 @@ class PrivateRedis:
             self.proc.kill()
             self.proc.wait(5)
 
-    def __enter__(self) -> "PrivateRedis":
+    def __enter__(self) -> PrivateRedis:
         self.start()
         return self
 

@@ -39,9 +39,10 @@ import logging
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from common.errors import ConfigError
 from common.fileio import remove_stale_temps
@@ -524,7 +525,7 @@ class Frontier:
             self._settle(str(wid))
             return True
 
-    def _recovery_lock(self, wid: str) -> "_Lock":
+    def _recovery_lock(self, wid: str) -> _Lock:
         return _Lock(self, self.prefix + "rec:" + wid, ttl_ms=120_000)
 
     def _settle(self, wid: str) -> int:
@@ -583,7 +584,7 @@ class Frontier:
         if self._async is not None:
             try:
                 await self._async.aclose()
-            except Exception:  # noqa: BLE001 - closing a connection that is already gone
+            except Exception:
                 log.debug("closing the frontier's async client failed", exc_info=True)
             self._async = None
 
@@ -666,7 +667,7 @@ class Frontier:
 
     # --- shared files --------------------------------------------------------------------------
 
-    def locked(self, name: str, ttl_ms: int = 60_000) -> "_Lock":
+    def locked(self, name: str, ttl_ms: int = 60_000) -> _Lock:
         """A cluster-wide lock (for writing the aggregate stats.json)."""
         return _Lock(self, self.prefix + "lock:" + name, ttl_ms=ttl_ms, wait=ttl_ms / 1000)
 

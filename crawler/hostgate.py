@@ -70,7 +70,7 @@ class HostGateHandler:
         self._seq = itertools.count()
 
     @classmethod
-    def from_crawler(cls, crawler: Crawler) -> "HostGateHandler":
+    def from_crawler(cls, crawler: Crawler) -> HostGateHandler:
         return cls(crawler)
 
     async def download_request(self, request: Request) -> Response:
@@ -126,7 +126,7 @@ class HostGateHandler:
         if 200 <= response.status < 300:
             try:
                 found = self.parser.from_crawler(self.crawler, response.body).crawl_delay(self.agent)
-            except Exception:  # noqa: BLE001 - an unreadable robots.txt: the middleware treats it as none
+            except Exception:
                 log.debug("unreadable robots.txt from %s", host, exc_info=True)
                 found = None
             delay = min(float(found), MAX_CRAWL_DELAY) if found else 0.0

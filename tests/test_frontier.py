@@ -27,7 +27,7 @@ if REDIS is None and not os.environ.get("CI"):
     pytest.skip("redis-server is not installed (apt-get install redis-server; .ci/run installs it)", allow_module_level=True)
 redis = pytest.importorskip("redis") if not os.environ.get("CI") else __import__("redis")
 
-from crawler.frontier import Frontier, FrontierError  # noqa: E402
+from crawler.frontier import Frontier, FrontierError
 
 
 def _free_port() -> int:
@@ -48,7 +48,7 @@ class RedisServer:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def start(self) -> "RedisServer":
+    def start(self) -> RedisServer:
         self.directory.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(
             [REDIS, "--bind", "127.0.0.1", "--port", str(self.port), "--dir", str(self.directory), "--save", "",
@@ -68,7 +68,7 @@ class RedisServer:
             self.proc.terminate()
             self.proc.wait(10)
 
-    def client(self) -> "redis.Redis":
+    def client(self) -> redis.Redis:
         return redis.Redis(port=self.port)
 
 
@@ -386,7 +386,9 @@ def test_a_worker_presumed_dead_that_comes_back_is_fenced(tmp_path, redis_server
     expected = _chain_site(site, pages=20)
     work = tmp_path / "w"
     procs = [worker(work, redis_server.url, k, site.url("/p/0.html"), *CHAIN_ARGS) for k in range(2)]
-    leased = lambda: redis_server.client().hlen("capcrawl:lease:0")  # noqa: E731
+    def leased() -> int:
+        return redis_server.client().hlen("capcrawl:lease:0")
+
     for _ in range(20):  # stop it while it holds work (it may commit its leases just before the signal)
         wait_for(lambda: _parts_of(work, 0) >= 1 and leased() >= 3, 60, "worker 0 holding work")
         procs[0].send_signal(signal.SIGSTOP)

@@ -13,7 +13,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Any
 from urllib.parse import urlsplit
 
 import scrapy
@@ -65,7 +66,7 @@ class ClusterImagesSpider(ImagesSpider):
         self.lost = False
 
     @classmethod
-    def from_crawler(cls, crawler, *args: Any, **kwargs: Any) -> "ClusterImagesSpider":
+    def from_crawler(cls, crawler, *args: Any, **kwargs: Any) -> ClusterImagesSpider:
         spider = super().from_crawler(crawler, *args, **kwargs)
         from scrapy import signals
 
