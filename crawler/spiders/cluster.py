@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any
@@ -77,10 +78,15 @@ class ClusterImagesSpider(ImagesSpider):
 
     async def start(self) -> AsyncIterator[Any]:
         frontier = self.frontier
+        next_check = time.monotonic() + frontier.lease_timeout
         try:
             await self._admit_seeds()
             while True:
                 frontier.check()
+                if time.monotonic() >= next_check:  # busy or not, a dead worker's work goes back in time
+                    next_check = time.monotonic() + frontier.lease_timeout
+                    for wid in frontier.status().dead:
+                        frontier.recover(wid)
                 room = self._room()
                 got = await frontier.lease(min(room, LEASE_BATCH)) if room > 0 else []
                 for leased in got:
