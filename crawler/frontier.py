@@ -58,6 +58,8 @@ SEQ_SPAN = 1 << 32
 EXIT_FRONTIER_LOST = 75
 
 INSTALL_HINT = "pip install 'capcrawl[cluster]'"
+#: Token releases sent together: at most this many, at most this many seconds after the first.
+RELEASE_BATCH, RELEASE_DELAY = 64, 0.002
 
 
 class FrontierError(Exception):
@@ -278,20 +280,21 @@ for _, w in ipairs(redis.call('SMEMBERS', P .. 'workers')) do
 end
 return out
 """,
-    # ARGV: P, host, holder, limit, delay_ms (-1: this worker has not read the host's robots.txt),
-    #   hold_ms -> 0 granted, >0 ms to wait, -1 host full. A holder is "W|token|n": the token of a
-    #   worker that is no longer alive (dead, or restarted since) frees its requests at once.
+    # ARGV: P, host, limit, delay_ms (-1: this worker has not read the host's robots.txt), hold_ms,
+    #   holders... -> {tokens granted (the first holders), ms to wait (-1: the host is full)}.
+    #   Several at once only while the host has no Crawl-delay. A holder is "W|token|n": the
+    #   token of a worker that is no longer alive (dead, or restarted since) frees its requests.
     "gate_acquire": """
-local P, host, holder = ARGV[1], ARGV[2], ARGV[3]
+local P, host = ARGV[1], ARGV[2]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local hk, fk = P .. 'h:' .. host, P .. 'hf:' .. host
 redis.call('ZREMRANGEBYSCORE', fk, '-inf', now)
 local n = redis.call('ZCARD', fk)
 local st = redis.call('HMGET', hk, 'last', 'delay', 'until')
-local delay, given = tonumber(st[2]), tonumber(ARGV[5])
+local delay, given = tonumber(st[2]), tonumber(ARGV[4])
 if given >= 0 and (delay == nil or given > delay) then delay = given end
-local limit = tonumber(ARGV[4])
+local limit = tonumber(ARGV[3])
 if delay == nil then limit = 1 end
 if n >= limit then
   -- full: free the requests of workers that are gone before saying so
@@ -299,16 +302,19 @@ if n >= limit then
     local w, tok = string.match(h, '^([^|]*)|([^|]*)|')
     if w and redis.call('GET', P .. 'alive:' .. w) ~= tok then redis.call('ZREM', fk, h); n = n - 1 end
   end
-  if n >= limit then return -1 end
+  if n >= limit then return {0, -1} end
 end
 local ready = math.max((tonumber(st[1]) or 0) + (delay or 0), tonumber(st[3]) or 0)
-if now < ready then return ready - now end
-redis.call('ZADD', fk, now + tonumber(ARGV[6]), holder)
-redis.call('PEXPIRE', fk, tonumber(ARGV[6]))
+if now < ready then return {0, ready - now} end
+local k = math.min(#ARGV - 5, limit - n)
+if delay == nil or delay > 0 then k = 1 end
+local hold = now + tonumber(ARGV[5])
+for i = 6, 5 + k do redis.call('ZADD', fk, hold, ARGV[i]) end
+redis.call('PEXPIRE', fk, tonumber(ARGV[5]))
 redis.call('HSET', hk, 'last', now)
 if delay then redis.call('HSET', hk, 'delay', delay) end
 redis.call('PEXPIRE', hk, 86400000)
-return 0
+return {k, 0}
 """,
     # ARGV: P, host, holder, backoff_ms, delay_ms (robots.txt just read; -1 none)
     "gate_release": """
@@ -415,6 +421,10 @@ class Frontier:
         self._async_scripts: dict[str, Any] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._releases: dict[str, list[str]] = {}  # host -> holders whose tokens go back in the next batch
+        self._pending_releases = 0
+        self._release_timer: Any = None
+        self._tasks: set[Any] = set()
 
     def _client(self, cls: Any, asyncio: bool = False) -> Any:
         """A client whose every call ends within ~2 timeouts: a blip is retried twice, then it is an error."""
@@ -581,6 +591,7 @@ class Frontier:
             pass
 
     async def aclose(self) -> None:
+        await self.flush_releases()
         if self._async is not None:
             try:
                 await self._async.aclose()
@@ -648,22 +659,57 @@ class Frontier:
 
     # --- per-host politeness --------------------------------------------------------------------
 
-    async def gate_acquire(self, host: str, holder: str, limit: int, delay_ms: int, hold_ms: int) -> int:
-        return int(await self._call("gate_acquire", host, holder, limit, delay_ms, hold_ms))
+    async def gate_acquire(self, host: str, holders: list[str], limit: int, delay_ms: int,
+                           hold_ms: int) -> tuple[int, int]:
+        """Take tokens for the first of ``holders``: (how many were granted, ms to wait when none: -1 = full)."""
+        granted, wait = await self._call("gate_acquire", host, limit, delay_ms, hold_ms, *holders)
+        return int(granted), int(wait)
 
     async def gate_release(self, host: str, holder: str, backoff_ms: int, delay_ms: int) -> None:
-        """Hand a host's token back; with a back-off (429/503) or a Crawl-delay just read, a script
-        records them too. Most releases are a plain ZREM: a script call costs Redis ~10x more CPU."""
+        """Hand a host's token back. With a back-off (429/503) or a Crawl-delay just read a script
+        records them at once; the others are handed back in batches a few ms later (one ZREM per
+        host per batch: a round trip per request cost more CPU than the request itself on loopback)."""
         if backoff_ms > 0 or delay_ms >= 0:
             await self._call("gate_release", host, holder, backoff_ms, delay_ms)
+        else:
+            self.release_soon(host, holder)
+
+    def release_soon(self, host: str, holder: str) -> None:
+        self._releases.setdefault(host, []).append(holder)
+        self._pending_releases += 1
+        if self._pending_releases >= RELEASE_BATCH:
+            self._flush_soon(0.0)
+        elif self._release_timer is None:
+            self._flush_soon(RELEASE_DELAY)
+
+    def _flush_soon(self, delay: float) -> None:
+        import asyncio
+
+        if self._release_timer is not None:
+            self._release_timer.cancel()
+        loop = asyncio.get_running_loop()
+
+        def flush() -> None:
+            task = loop.create_task(self.flush_releases())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+        self._release_timer = loop.call_later(delay, flush)
+
+    async def flush_releases(self) -> None:
+        """Send the batched token releases (one pipeline, one ZREM per host)."""
+        self._release_timer = None
+        batch, self._releases, self._pending_releases = self._releases, {}, 0
+        if not batch or self.failure or self._async is None:
             return
-        if self.failure:
-            raise FrontierError(self.failure)
+        pipe = self._async.pipeline(transaction=False)
+        for host, holders in batch.items():
+            pipe.zrem(f"{self.prefix}hf:{host}", *holders)
         self.ops += 1
         try:
-            await self._async.zrem(f"{self.prefix}hf:{host}", holder)
+            await pipe.execute()
         except self._redis.RedisError as e:
-            raise self._lost(e) from e
+            self._lost(e)  # the worker stops at its next look; the tokens lapse with its heartbeat
 
     # --- shared files --------------------------------------------------------------------------
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+from collections import deque
 from typing import Any
 
 from scrapy import Request
@@ -65,8 +66,9 @@ class HostGateHandler:
         self.max_wait = s.getfloat("CAPCRAWL_MAX_RETRY_AFTER", 120.0)
         self.parser = load_object(s.get("ROBOTSTXT_PARSER"))
         self.delays: dict[str, int] = {}  # host -> Crawl-delay (ms) as this worker read its robots.txt
-        self._turns: dict[str, asyncio.Lock] = {}  # one request per host asks Redis at a time
-        self._waiting: dict[str, int] = {}
+        self._queues: dict[str, deque] = {}  # host -> futures of the requests waiting for a token
+        self._serving: set[str] = set()  # hosts whose waiters a task is asking Redis for
+        self._tasks: set[asyncio.Task] = set()
         self._seq = itertools.count()
 
     @classmethod
@@ -78,8 +80,7 @@ class HostGateHandler:
         parts = urlparse_cached(request)
         host = parts.hostname or ""
         robots = self.obey and parts.path == "/robots.txt"
-        holder = f"{frontier.W}|{frontier.token}|{next(self._seq)}"
-        await self._acquire(frontier, host, holder)
+        holder = await self._acquire(frontier, host)
         delay, backoff = -1, 0
         try:
             response = await self.inner.download_request(request)
@@ -95,30 +96,56 @@ class HostGateHandler:
         finally:
             await frontier.gate_release(host, holder, backoff, delay)
 
-    async def _acquire(self, frontier: Any, host: str, holder: str) -> None:
-        turn = self._turns.setdefault(host, asyncio.Lock())
-        self._waiting[host] = self._waiting.get(host, 0) + 1
+    async def _acquire(self, frontier: Any, host: str) -> str:
+        """Wait for a token for ``host``: the requests waiting for one host ask Redis together."""
+        queue = self._queues.setdefault(host, deque())
+        waiter = asyncio.get_running_loop().create_future()
+        queue.append(waiter)
+        if host not in self._serving:
+            self._serving.add(host)
+            task = asyncio.get_running_loop().create_task(self._serve(frontier, host, queue))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return await waiter
+
+    async def _serve(self, frontier: Any, host: str, queue: deque) -> None:
+        """Ask Redis for as many tokens as requests wait for ``host`` (one at a time under a
+        Crawl-delay), hand them out in order, and wait as Redis says while none is granted."""
+        poll = FIRST_POLL
         try:
-            async with turn:
-                poll = FIRST_POLL
-                while True:
-                    if engine_closing(self.crawler):
-                        raise DownloadCancelledError("the crawl is closing")
-                    known = self.delays.get(host, -1) if self.obey else 0
-                    wait = await frontier.gate_acquire(host, holder, self.limit, known, self.hold_ms)
-                    if wait == 0:
-                        return
-                    if wait > 0:
-                        await asyncio.sleep(wait / 1000)
-                        poll = FIRST_POLL
-                    else:  # the host's in-flight limit is reached across the workers
-                        await asyncio.sleep(poll)
-                        poll = min(2 * poll, MAX_POLL)
+            while True:
+                while queue and queue[0].done():
+                    queue.popleft()  # its download was cancelled while it waited
+                if not queue:
+                    return
+                if engine_closing(self.crawler):
+                    raise DownloadCancelledError("the crawl is closing")
+                known = self.delays.get(host, -1) if self.obey else 0
+                holders = [f"{frontier.W}|{frontier.token}|{next(self._seq)}" for _ in range(min(len(queue), self.limit))]
+                granted, wait = await frontier.gate_acquire(host, holders, self.limit, known, self.hold_ms)
+                for holder in holders[:granted]:
+                    waiter = queue.popleft() if queue else None
+                    if waiter is None or waiter.done():
+                        frontier.release_soon(host, holder)  # nobody left to use it
+                    else:
+                        waiter.set_result(holder)
+                if granted:
+                    poll = FIRST_POLL
+                elif wait > 0:
+                    await asyncio.sleep(wait / 1000)
+                    poll = FIRST_POLL
+                else:  # the host's in-flight limit is reached across the workers
+                    await asyncio.sleep(poll)
+                    poll = min(2 * poll, MAX_POLL)
+        except Exception as e:  # noqa: BLE001 - every waiter gets the error (a lost frontier, the close)
+            for waiter in queue:
+                if not waiter.done():
+                    waiter.set_exception(e)
+            queue.clear()
         finally:
-            self._waiting[host] -= 1
-            if not self._waiting[host]:
-                del self._waiting[host]
-                self._turns.pop(host, None)
+            self._serving.discard(host)
+            if not queue:
+                self._queues.pop(host, None)
 
     def _robots_delay(self, host: str, response: Response) -> int:
         """The Crawl-delay (ms) of a robots.txt response for our agent; 0 for none or no robots.txt."""

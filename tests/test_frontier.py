@@ -170,29 +170,39 @@ def test_host_gate_limits_in_flight_learns_crawl_delay_and_frees_dead_holders(re
     f.connect("scope")
 
     async def gate() -> None:
-        acquire, t = f.gate_acquire, f.token
-        assert await acquire("a", f"3|{t}|1", 2, 0, 60_000) == 0
-        assert await acquire("a", f"3|{t}|2", 2, 0, 60_000) == 0
-        assert await acquire("a", f"3|{t}|3", 2, 0, 60_000) == -1, "a third request while two are in flight"
-        await f.gate_release("a", f"3|{t}|1", 0, -1)
-        assert await acquire("a", f"3|{t}|3", 2, 0, 60_000) == 0
+        t = f.token
+
+        async def acquire(host: str, holder: str, limit: int, delay: int) -> int:
+            """0 granted, >0 ms to wait, -1 full (one holder at a time)."""
+            granted, wait = await f.gate_acquire(host, [holder], limit, delay, 60_000)
+            return 0 if granted else wait
+
+        assert await acquire("a", f"3|{t}|1", 2, 0) == 0
+        assert await acquire("a", f"3|{t}|2", 2, 0) == 0
+        assert await acquire("a", f"3|{t}|3", 2, 0) == -1, "a third request while two are in flight"
+        f.release_soon("a", f"3|{t}|1")
+        await f.flush_releases()
+        assert await acquire("a", f"3|{t}|3", 2, 0) == 0
+        # Several tokens in one call, never past the limit; none past it.
+        assert await f.gate_acquire("e", [f"3|{t}|{i}" for i in range(20, 25)], 3, 0, 60_000) == (3, 0)
+        assert (await f.gate_acquire("e", [f"3|{t}|30"], 3, 0, 60_000))[0] == 0
         # Crawl-delay unknown (-1, nobody read robots.txt): one request at a time.
-        assert await acquire("b", f"3|{t}|4", 8, -1, 60_000) == 0
-        assert await acquire("b", f"3|{t}|5", 8, -1, 60_000) == -1
+        assert await acquire("b", f"3|{t}|4", 8, -1) == 0
+        assert await acquire("b", f"3|{t}|5", 8, -1) == -1
         await f.gate_release("b", f"3|{t}|4", 0, 300)  # the robots.txt said Crawl-delay: 0.3
-        wait = await acquire("b", f"3|{t}|5", 8, -1, 60_000)
+        wait = await acquire("b", f"3|{t}|5", 8, -1)
         assert 200 < wait <= 300
         await asyncio.sleep(wait / 1000 + 0.01)
-        assert await acquire("b", f"3|{t}|5", 8, -1, 60_000) == 0
+        assert await f.gate_acquire("b", [f"3|{t}|5", f"3|{t}|6"], 8, -1, 60_000) == (1, 0), "one at a time under a delay"
         # Retry-After from a release holds every worker back.
         await f.gate_release("b", f"3|{t}|5", 500, -1)
-        assert await acquire("b", f"3|{t}|6", 8, -1, 60_000) > 300
+        assert await acquire("b", f"3|{t}|7", 8, -1) > 300
         # A worker without a heartbeat holds nothing, nor does an earlier process with a live worker's id.
-        assert await acquire("c", "9|y|1", 1, 0, 60_000) == 0
-        assert await acquire("c", f"3|{f.token}|7", 1, 0, 60_000) == 0, "worker 9 is not alive: its token is freed"
-        assert await acquire("c", "3|old|8", 1, 0, 60_000) == -1
-        assert await acquire("d", "3|old|9", 1, 0, 60_000) == 0
-        assert await acquire("d", f"3|{f.token}|10", 1, 0, 60_000) == 0, "3|old is not this worker 3's token"
+        assert await acquire("c", "9|y|1", 1, 0) == 0
+        assert await acquire("c", f"3|{t}|7", 1, 0) == 0, "worker 9 is not alive: its token is freed"
+        assert await acquire("c", "3|old|8", 1, 0) == -1
+        assert await acquire("d", "3|old|9", 1, 0) == 0
+        assert await acquire("d", f"3|{t}|10", 1, 0) == 0, "3|old is not this worker 3's token"
         await f.aclose()
 
     asyncio.run(gate())
