@@ -29,7 +29,9 @@ def _command(argv: list[str]) -> str | None:
 def run() -> None:
     gc.set_threshold(*GC_THRESHOLD)
     argv = sys.argv[1:]
-    if _command(argv) in IMAGE_COMMANDS and not {"-h", "--help"} & set(argv):
+    # `crawl --workers N` only starts worker processes (each starts its own image workers).
+    parent = any(a == "--workers" or a.startswith("--workers=") for a in argv)
+    if _command(argv) in IMAGE_COMMANDS and not {"-h", "--help"} & set(argv) and not parent:
         start_worker_server()
     from capcrawl.cli import run as cli_run
 

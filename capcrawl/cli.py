@@ -16,7 +16,8 @@ from typing import Callable, NoReturn, Sequence
 
 from common.errors import ConfigError
 from common.options import add_options, from_namespace
-from crawler.config import CRAWL_ONLY, LIST_ONLY, CrawlConfig
+from crawler.config import CLUSTER, CRAWL_ONLY, LIST_ONLY, CrawlConfig
+from crawler.frontier import EXIT_FRONTIER_LOST, FrontierError
 from shards.config import RemoveConfig, ShardsConfig
 
 from .summary import print_crawl_summary, print_filter_summary, print_removal_summary, print_shards_summary
@@ -60,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="crawl, filter and write shards in one go (resumable)")
     groups: dict = {}
-    add_options(p, CrawlConfig, skip=LIST_ONLY, groups=groups)
+    add_options(p, CrawlConfig, skip=LIST_ONLY + CLUSTER, groups=groups)
     add_options(p, FilterConfig, skip=("work",), groups=groups)
     add_options(p, ShardsConfig, skip=("work", "site_chrome"), groups=groups)  # --keep-site-chrome: the filter's
 
@@ -88,6 +89,12 @@ def cmd_crawl(args: argparse.Namespace) -> int:
     import crawler
 
     cfg = _crawl_config(args)
+    if cfg.worker_processes:
+        from .cluster import run_workers
+
+        code, stats = run_workers(cfg, args.argv)
+        print_crawl_summary(stats, cfg.crawl_dir)
+        return code
     stats = crawler.run(cfg, _scrapy_log_level(args))
     print_crawl_summary(stats, cfg.crawl_dir)
     return _interrupted(stats)
@@ -189,12 +196,14 @@ def _scrapy_log_level(args: argparse.Namespace) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    args.argv = argv  # `crawl --workers N` starts N copies of this command line
     level = _log_level(args)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     for handler in logging.root.handlers:
         handler.setLevel(level)
-    if args.command in IMAGE_COMMANDS:
+    if args.command in IMAGE_COMMANDS and not getattr(args, "worker_processes", 0):
         from crawler.workers import start_worker_server
 
         start_worker_server()
@@ -203,6 +212,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as e:
         print(f"capcrawl: error: {e}", file=sys.stderr)
         return 2
+    except FrontierError as e:
+        print(f"capcrawl: error: {e}", file=sys.stderr)
+        return EXIT_FRONTIER_LOST
     except KeyboardInterrupt:
         print("capcrawl: interrupted; run the same command again to resume.", file=sys.stderr)
         return 130

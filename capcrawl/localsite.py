@@ -36,6 +36,7 @@ class LoggedRequest:
     path: str
     user_agent: str
     at: float
+    finished: float = 0.0  # when the answer was sent (0: not yet, or never)
 
 
 _CONTENT_TYPES = {".html": "text/html; charset=utf-8", ".jpg": "image/jpeg", ".png": "image/png",
@@ -62,9 +63,16 @@ class _Handler(BaseHTTPRequestHandler):
         self.do_GET(head=True)
 
     def do_GET(self, head: bool = False) -> None:
+        entry = LoggedRequest(self.server.site.host, self.path, self.headers.get("User-Agent", ""), time.time())
+        self.server.site.record(entry)
+        try:
+            self._answer(head)
+        finally:
+            entry.finished = time.time()
+
+    def _answer(self, head: bool) -> None:
         site = self.server.site
         path = self.path
-        site.record(LoggedRequest(site.host, path, self.headers.get("User-Agent", ""), time.time()))
         route = site.routes.get(path) or site.routes.get(path.split("?", 1)[0])
         if route is None:
             route = site.fallback(path)

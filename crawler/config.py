@@ -17,6 +17,7 @@ from common.options import (
     from_strings,
     non_negative,
     option,
+    optional,
     parse_size,
     positive,
     replace_frozen,
@@ -29,10 +30,13 @@ DEFAULT_USER_AGENT = "capcrawl/0.1 (+https://github.com/capcrawl/capcrawl; image
 LIST_FORMATS = ("txt", "csv", "tsv", "parquet", "jsonl")
 
 #: Options that only make sense when crawling pages from seeds, and only for URL lists.
-CRAWL_ONLY = ("seeds", "max_pages", "max_depth", "allow_domains")
+CRAWL_ONLY = ("seeds", "max_pages", "max_depth", "allow_domains", "frontier", "worker_processes", "worker_id", "lease_timeout")
+#: Options of a crawl cluster (crawler/frontier.py): workers sharing one frontier in Redis.
+CLUSTER = ("frontier", "worker_processes", "worker_id", "lease_timeout")
 LIST_ONLY = ("url_list", "input_format", "url_col", "caption_col")
 
 _SCOPE, _POLITE, _HTTP, _IMAGES, _SAFETY, _LIST = "crawl scope", "politeness", "downloads", "images", "safety", "URL list"
+_CLUSTER = "many workers, one frontier (pip install 'capcrawl[cluster]')"
 
 
 @dataclass(frozen=True)
@@ -96,6 +100,18 @@ class CrawlConfig:
     image_workers: int = option(0, "--image-workers", "image worker processes (default 0: one per core)",
                                 check=non_negative, group=_IMAGES)
     part_rows: int = option(2000, "--part-rows", "rows per crawl part (default %(default)s)", check=positive, group=_IMAGES)
+    frontier: str | None = option(None, "--frontier", "redis://HOST:PORT/DB: this process is one worker of a crawl whose "
+                                  "frontier, seen-sets and resume state live in that Redis; every worker runs the same "
+                                  "command", metavar="URL", group=_CLUSTER)
+    worker_processes: int = option(0, "--workers", "start N worker processes here, sharing one frontier (without --frontier: a "
+                          "private redis-server under WORK/redis for the run)", check=non_negative, metavar="N",
+                          group=_CLUSTER)
+    worker_id: int | None = option(None, "--worker-id", "this worker's number, in its part and journal names (default: "
+                                   "the lowest one no live worker holds)", check=optional(between(0, 999)), metavar="K",
+                                   group=_CLUSTER)
+    lease_timeout: float = option(30.0, "--lease-timeout", "seconds without a heartbeat after which a worker counts as "
+                                  "dead and its unfinished work returns to the queue (default %(default)s)",
+                                  check=positive, group=_CLUSTER)
     progress: bool = option(True, hidden=True, help="a progress line on a terminal")
 
     def __post_init__(self) -> None:
@@ -129,10 +145,17 @@ class CrawlConfig:
             per_host_concurrency=min(self.per_host_concurrency, self.concurrency),
             allow_domains=tuple(d.lower().lstrip(".") for d in self.allow_domains),
         )
+        if self.frontier is not None or self.worker_id is not None or self.worker_processes:
+            _check_cluster(self)
         if self.url_list:
             replace_frozen(self, input_format=_validate_list(self.url_list, self.input_format, self.url_col, self.caption_col))
         else:
             replace_frozen(self, seeds=tuple(expand_seeds(self.seeds)))
+
+    @property
+    def cluster(self) -> bool:
+        """This process is one worker of a crawl that keeps its frontier in Redis."""
+        return self.frontier is not None
 
     @property
     def mode(self) -> str:
@@ -193,7 +216,23 @@ class CrawlConfig:
         """Build from ``scrapy crawl images -a key=value`` strings (comma-separated lists)."""
         if "work" not in kwargs:
             raise ConfigError("pass the work directory: scrapy crawl images -a seeds=URL -a work=DIR")
+        if set(kwargs) & set(CLUSTER):
+            raise ConfigError("crawl workers (--frontier, --workers) run through `capcrawl crawl`, not `scrapy crawl`.")
         return from_strings(cls, kwargs)
+
+
+def _check_cluster(config: CrawlConfig) -> None:
+    """The cluster options fit together (the Redis URL's form; the client is checked when a worker starts)."""
+    if config.url_list:
+        raise ConfigError("--frontier, --workers and --worker-id are for `capcrawl crawl`; `download` runs as one process.")
+    if config.frontier is not None:
+        parts = urlsplit(config.frontier)
+        if parts.scheme not in ("redis", "rediss", "unix") or not (parts.hostname or parts.path):
+            raise ConfigError(f"--frontier takes a Redis URL such as redis://127.0.0.1:6379/0, got {config.frontier!r}.")
+    if config.worker_id is not None and config.frontier is None:
+        raise ConfigError("--worker-id needs --frontier (the Redis that the workers share).")
+    if config.worker_processes and config.worker_id is not None:
+        raise ConfigError("--workers starts its own workers and numbers them; leave out --worker-id.")
 
 
 def guess_format(path: Path) -> str | None:

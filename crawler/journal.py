@@ -61,12 +61,37 @@ class PageJournal:
 
     def __init__(self, crawl_dir: Path, worker: int | None = None):
         crawl_dir.mkdir(parents=True, exist_ok=True)
+        self.crawl_dir = crawl_dir
         self.path = crawl_dir / journal_name(worker)
         self.entries: dict[str, PageEntry] = {}
-        for path in journal_files(crawl_dir):  # every worker's journal: they share one frontier
-            for entry in read_journal(path):
-                self.entries[entry.url] = entry
+        self._read_to: dict[Path, int] = {}  # journal file -> bytes read
+        self.refresh()
         self._fh = open(self.path, "a", encoding="utf-8")
+        if self._fh.tell() and self._read_to.get(self.path, 0) < self._fh.tell():
+            self._fh.write("\n")  # end a line cut short by a kill, so that the next one stands alone
+        self._read_to[self.path] = self._fh.tell()
+
+    def refresh(self) -> int:
+        """Read the lines added to every journal since the last read (one per crawl worker: they
+        share one frontier); a line still being written is left for later. Returns lines read."""
+        read = 0
+        for path in journal_files(self.crawl_dir):
+            if path == self.path and hasattr(self, "_fh"):
+                continue  # this journal's own lines are added as they are written
+            start = self._read_to.get(path, 0)
+            with open(path, "rb") as fh:
+                fh.seek(start)
+                data = fh.read()
+            end = data.rfind(b"\n") + 1
+            for line in data[:end].splitlines():
+                try:
+                    entry = PageEntry(**json.loads(line))
+                except (ValueError, TypeError):
+                    continue  # a line cut short by a kill
+                self.entries[entry.url] = entry
+                read += 1
+            self._read_to[path] = start + end
+        return read
 
     def add(self, entry: PageEntry) -> None:
         self.entries[entry.url] = entry

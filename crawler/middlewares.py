@@ -165,10 +165,23 @@ def parse_retry_after(value: bytes | str | None, now: float | None = None) -> fl
     return max(0.0, when.timestamp() - (now if now is not None else time.time()))
 
 
+#: Statuses that slow a whole host down (Retry-After, or a doubling back-off).
+BACKOFF_CODES = (429, 503)
+
+
+def backoff_wait(request: Request, response: Response, max_wait: float) -> float | None:
+    """Seconds the host asked to be left alone (Retry-After, else 2^(tries+1)), or None."""
+    if response.status not in BACKOFF_CODES or request.meta.get("dont_retry"):
+        return None
+    tries = request.meta.get("retry_times", 0)
+    wait = parse_retry_after(response.headers.get(b"Retry-After"))
+    return min(max_wait, wait if wait is not None else 2.0 ** (tries + 1))
+
+
 class RetryAfterMiddleware:
     """On 429/503, slow the whole host down (Retry-After or a doubling back-off) and retry, bounded."""
 
-    codes = (429, 503)
+    codes = BACKOFF_CODES
 
     def __init__(self, crawler: Crawler):
         self.crawler = crawler
@@ -180,11 +193,9 @@ class RetryAfterMiddleware:
         return cls(crawler)
 
     def process_response(self, request: Request, response: Response, spider: Spider | None = None) -> Request | Response:
-        if response.status not in self.codes or request.meta.get("dont_retry"):
+        wait = backoff_wait(request, response, self.max_wait)
+        if wait is None:
             return response
-        tries = request.meta.get("retry_times", 0)
-        wait = parse_retry_after(response.headers.get(b"Retry-After"))
-        wait = min(self.max_wait, wait if wait is not None else 2.0 ** (tries + 1))
         self._slow_down(request, wait)
         self.crawler.stats.inc_value(f"capcrawl/backoff/{response.status}")
         retry = get_retry_request(

@@ -42,11 +42,17 @@ class PartWriter:
     process's memory flat and spreads the encoding work over the run. ``worker`` puts a crawl
     worker's id in its part names (``part-w03-00000.parquet``), so that workers sharing a
     directory never write the same name.
+
+    ``commit`` (a crawl worker's frontier) is told which URLs a part holds before it is renamed
+    (``commit_part(index, urls)``) and that it was (``part_done(index)``): their leases last
+    until then. A part whose commit fails is dropped, its rows still leased in the frontier.
     """
 
     def __init__(self, directory: Path, rows_per_part: int, max_bytes: int = PART_MAX_BYTES, group_rows: int = 256,
-                 worker: int | None = None):
+                 worker: int | None = None, commit: Any = None):
         self.directory = directory
+        self.commit = commit
+        self.part_urls: list[str] = []  # URLs of the open part's rows (kept for a commit only)
         self.rows_per_part = rows_per_part
         self.max_bytes = max_bytes
         self.group_rows = group_rows
@@ -62,6 +68,8 @@ class PartWriter:
 
     def add(self, row: dict[str, Any]) -> None:
         self.rows.append(row)
+        if self.commit is not None:
+            self.part_urls.append(row["url"])
         self.nbytes += len(row.get("image") or b"") + 512
         if self.part_rows + len(self.rows) >= self.rows_per_part or self.nbytes >= self.max_bytes:
             self.flush()
@@ -87,12 +95,42 @@ class PartWriter:
         if self._writer is None:
             return
         self._writer.close()
-        path = publish(self._tmp, self.directory / part_name(self.next_index, self.worker))
+        final = self.directory / part_name(self.next_index, self.worker)
+        if self.commit is None:
+            path = publish(self._tmp, final)
+        else:
+            path = self._publish_committed(final)
         log.debug("wrote %s (%d rows)", path, self.part_rows)
         self.written += self.part_rows
+        self._next_part()
+
+    def abort(self) -> None:
+        """Drop the open part (a crawl worker whose frontier failed: its rows stay leased)."""
+        if self._writer is not None:
+            self._writer.close()
+            self._tmp.unlink(missing_ok=True)
+        self.rows = []
+        self._next_part()
+
+    def _next_part(self) -> None:
         self.next_index += 1
         self._writer, self._tmp = None, None
         self.part_rows, self.nbytes = 0, 0
+        self.part_urls = []
+
+    def _publish_committed(self, final: Path) -> Path:
+        """Record the part's URLs, rename it, then say so; on any failure the part is dropped."""
+        tmp = self._tmp
+        try:
+            self.commit.commit_part(self.next_index, self.part_urls)
+            path = publish(tmp, final)  # FileNotFoundError: another worker took this one's work over
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            self.part_rows = 0
+            self._next_part()
+            raise
+        self.commit.part_done(self.next_index)
+        return path
 
 
 #: Pipe capacity asked for the worker pool's two queues (Linux's default is 64 KB): about a
@@ -244,6 +282,7 @@ class ImagePipeline:
         self.stats = crawler.stats
         self.batcher: PoolBatcher | None = None
         self.writer: PartWriter | None = None
+        self.frontier: Any = None  # a crawl worker's frontier (None: the embedded crawl)
 
     @classmethod
     def from_crawler(cls, crawler) -> "ImagePipeline":
@@ -253,7 +292,13 @@ class ImagePipeline:
         spider = spider or self.crawler.spider
         cfg = spider.config
         self.batcher = PoolBatcher(cfg.workers, cfg.image_options())
-        self.writer = PartWriter(spider.crawl_dir, cfg.part_rows)
+        self.writer = PartWriter(spider.crawl_dir, cfg.part_rows, worker=spider.worker_id, commit=spider.part_commit)
+        self.frontier = spider.part_commit
+        if self.frontier is not None:
+            from .frontier import FrontierError
+
+            self.commit_errors: tuple[type[BaseException], ...] = (FrontierError, FileNotFoundError)
+            spider.part_writer = self.writer  # a worker flushes its part when it runs out of work
         self.blocklist = None
         if cfg.blocklist:
             from common.blocklist import BlockSet
@@ -273,8 +318,11 @@ class ImagePipeline:
             if self.blocklist is not None and row["status"] == Status.OK.value:
                 self._apply_blocklist(row)
         row.setdefault("fetched_at", _utcnow())
+        if self.frontier is None:
+            self.writer.add(row)
+        elif not self._add_leased(row):
+            return {"url": row["url"], "status": "lost"}
         self.stats.inc_value(IMAGES + row["status"])
-        self.writer.add(row)
         return {"url": row["url"], "status": row["status"]}
 
     def _apply_blocklist(self, row: dict[str, Any]) -> None:
@@ -284,6 +332,19 @@ class ImagePipeline:
                        opt_out_source="takedown blocklist", opt_out_value=entry)
             self.stats.inc_value("capcrawl/blocklist_discarded")
 
+    def _add_leased(self, row: dict[str, Any]) -> bool:
+        """A crawl worker's row: kept unless the frontier failed (then the URL stays leased, fetched on resume)."""
+        if self.frontier.failure:
+            return False
+        try:
+            self.writer.add(row)
+        except self.commit_errors as e:
+            if isinstance(e, FileNotFoundError):
+                self.frontier.fenced()
+            log.error("%s; the part's rows stay leased in the frontier", self.frontier.failure or e)
+            return False
+        return True
+
     async def close_spider(self, spider=None) -> None:
         spider = spider or self.crawler.spider
         if self.batcher is not None:
@@ -291,6 +352,14 @@ class ImagePipeline:
             if self.batcher.in_flight:
                 await asyncio.gather(*self.batcher.in_flight, return_exceptions=True)
         if self.writer is not None:
-            self.writer.flush()
+            if self.frontier is None:
+                self.writer.flush()
+            elif not self.frontier.failure:
+                try:
+                    self.writer.flush()
+                except self.commit_errors as e:
+                    log.error("the last part was dropped (%s); its rows stay leased in the frontier", e)
+            else:
+                self.writer.abort()
         if self.batcher is not None:
             self.batcher.close()

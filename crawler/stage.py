@@ -24,6 +24,13 @@ def scrapy_settings(config: CrawlConfig, log_level: str = "WARNING"):
     settings.setmodule("crawler.settings", priority="project")
     settings.setdict(config.scrapy_settings(), priority="cmdline")
     settings.setdict(http_client_settings(config.http_client), priority="cmdline")
+    if config.cluster:
+        from .hostgate import HOST_GATE_HANDLER, INNER_SETTING
+
+        # Every download of a crawl worker takes its host's turn from the frontier first.
+        handlers = settings.getwithbase("DOWNLOAD_HANDLERS")
+        settings.set(INNER_SETTING, handlers["http"], priority="cmdline")
+        settings.set("DOWNLOAD_HANDLERS", {"http": HOST_GATE_HANDLER, "https": HOST_GATE_HANDLER}, priority="cmdline")
     if not settings.getbool("TWISTED_REACTOR_ENABLED"):
         settings.set("RETRY_EXCEPTIONS", without_twisted_exceptions(settings.getlist("RETRY_EXCEPTIONS")), priority="cmdline")
     settings.set("LOG_LEVEL", log_level, priority="cmdline")
@@ -61,8 +68,40 @@ def run(config: CrawlConfig, log_level: str = "WARNING") -> dict[str, Any]:
     check_upstream_or_fail()
     if config.ignore_robots:
         log.warning("!!! --ignore-robots: robots.txt will NOT be obeyed. Only do this for sites you own. !!!")
-    process = AsyncCrawlerProcess(scrapy_settings(config, log_level))
-    set_scrapy_log_levels(log_level)
-    process.crawl(ImageListSpider if config.url_list else ImagesSpider, config=config)
-    process.start()
+    frontier = join_frontier(config) if config.cluster else None
+    try:
+        process = AsyncCrawlerProcess(scrapy_settings(config, log_level))
+        set_scrapy_log_levels(log_level)
+        if frontier is not None:
+            from .spiders.cluster import ClusterImagesSpider
+
+            process.crawl(ClusterImagesSpider, config=config, frontier=frontier)
+        else:
+            process.crawl(ImageListSpider if config.url_list else ImagesSpider, config=config)
+        process.start()
+    finally:
+        if frontier is not None:
+            frontier.leave()
+    if frontier is not None and frontier.failure:
+        from .frontier import FrontierError
+
+        raise FrontierError(f"worker {frontier.worker_id}: {frontier.failure}. Nothing is lost: run the same "
+                            "command again (with Redis reachable) to resume.")
     return read_stats(config.crawl_dir)
+
+
+def join_frontier(config: CrawlConfig) -> "Frontier":  # noqa: F821
+    """Connect this worker to the crawl's frontier in Redis and take a worker id (see crawler.frontier)."""
+    from common.layout import list_parts, parse_part_name
+    from common.options import digest
+
+    from .frontier import Frontier
+    from .spiders.cluster import SCOPE_FIELDS
+
+    if any((parse_part_name(p.name) or (0,))[0] is None for p in list_parts(config.crawl_dir)):
+        raise ConfigError(f"{config.crawl_dir} holds a crawl made without --frontier; finish it the same way, "
+                          "or give the cluster crawl another --work.")
+    frontier = Frontier(config.frontier, config.crawl_dir, config.lease_timeout, config.worker_id)
+    wid = frontier.connect(digest(config, SCOPE_FIELDS))
+    log.info("crawl worker %d on the frontier at %s", wid, config.frontier)
+    return frontier

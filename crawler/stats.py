@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from common.fileio import atomic_write_json
-from common.layout import DONE_FILE, STATS_FILE, list_parts
+from common.layout import DONE_FILE, STATS_FILE, list_parts, parse_part_name
 from common.records import SCHEMA_VERSION, read_columns
 
 #: Prefix of every counter capcrawl's crawl components keep in Scrapy's stats collector.
@@ -37,9 +37,12 @@ def run_options(options: dict[str, Any]) -> dict[str, Any]:
     return {**options, "seeds": seeds[:SEEDS_RECORDED], "seed_count": len(seeds)}
 
 
-def count_statuses(crawl_dir: Path) -> dict[str, int]:
+def count_statuses(crawl_dir: Path, worker: int | None | bool = False) -> dict[str, int]:
+    """Rows by status over the parts (of one crawl worker's parts only, when ``worker`` is given)."""
     counts: Counter[str] = Counter()
     for part in list_parts(crawl_dir):
+        if worker is not False and (parse_part_name(part.name) or (None,))[0] != worker:
+            continue
         counts.update(read_columns(part, ["status"]).column("status").to_pylist())
     return dict(sorted(counts.items()))
 
@@ -76,8 +79,15 @@ def write_crawl_stats(
     started_at: datetime | None = None,
     options_digest: str | None = None,
     options: dict[str, Any] | None = None,
+    worker: int | None = None,
+    worker_pages: dict[str, int] | None = None,
 ) -> dict[str, Any]:
-    """Write WORK/crawl/stats.json (and ``_SUCCESS`` when the crawl is complete); return the stats."""
+    """Write WORK/crawl/stats.json (and ``_SUCCESS`` when the crawl is complete); return the stats.
+
+    A crawl worker (``worker``) writes the whole crawl's counts (every worker's parts and
+    journals; ``pending`` from the shared frontier), adds its run's events to the totals and
+    keeps its own counts under ``workers[ID]`` beside the other workers' last ones.
+    """
     previous = read_stats(crawl_dir)
     images = count_statuses(crawl_dir)
     this_run = _events(scrapy_stats)
@@ -108,6 +118,8 @@ def write_crawl_stats(
         },
         "updated_at": now.isoformat(),
     }
+    if worker is not None:
+        stats["workers"] = _worker_counts(previous.get("workers", {}), crawl_dir, worker, worker_pages or {}, stats)
     atomic_write_json(stats, Path(crawl_dir) / STATS_FILE)
     done = Path(crawl_dir) / DONE_FILE
     if complete:
@@ -115,3 +127,23 @@ def write_crawl_stats(
     else:
         done.unlink(missing_ok=True)
     return stats
+
+
+def _worker_counts(previous: dict[str, Any], crawl_dir: Path, worker: int, pages: dict[str, int],
+                   stats: dict[str, Any]) -> dict[str, Any]:
+    """Every worker's own counts: this one's now (its events summed over its runs), the others' as last written."""
+    mine = previous.get(str(worker), {})
+    events = Counter(mine.get("events", {}))
+    events.update(stats["this_run"]["events"])
+    images = count_statuses(crawl_dir, worker)
+    workers = dict(previous)
+    workers[str(worker)] = {
+        "images": images,
+        "images_total": sum(images.values()),
+        "pages": dict(sorted(pages.items())),
+        "events": dict(sorted(events.items())),
+        "finish_reason": stats["finish_reason"],
+        "this_run": stats["this_run"],
+        "updated_at": stats["updated_at"],
+    }
+    return dict(sorted(workers.items(), key=lambda kv: int(kv[0])))

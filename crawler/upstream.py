@@ -30,6 +30,10 @@ What is here, and why:
   quiet: ~2% of the crawl process's CPU went to debug records nobody printed.
 - :data:`TWISTED_CONNECTION_ERRORS` (``twisted.web._newclient``): mapping Twisted client
   failures to ``connection_error``.
+- :func:`engine_closing` / :func:`scraper_idle` (the engine's ``_slot.closing`` and the
+  scraper's ``slot.is_idle()``): a crawl worker (crawler/spiders/cluster.py) feeds the
+  downloader from Redis only while the engine is open, and puts its rows in a part when nothing
+  is in flight; its per-host gate (crawler/hostgate.py) stops waiting when the engine closes.
 - :func:`widen_pool_pipes` (CPython's ``ProcessPoolExecutor._call_queue`` /
   ``_result_queue`` and their ``_writer`` connections). Speed, measured: 1 MB pipes instead of
   64 KB made bench/vs_img2dataset.sh's download ~2.3% faster (ab_checkouts.sh, 5 pairs).
@@ -104,6 +108,19 @@ def hold_slot(slot: Any, delay: float) -> None:
     (a random 0.5x of the delay would break a Crawl-delay or come back before a Retry-After)."""
     slot.jitter = 0.0
     slot.delay = max(slot.delay, delay)
+
+
+def engine_closing(crawler: Crawler) -> bool:
+    """The engine is closing the spider, or has closed it (its slot's ``closing`` Deferred is set)."""
+    engine = crawler.engine
+    slot = getattr(engine, "_slot", None) if engine is not None else None
+    return slot is None or slot.closing is not None
+
+
+def scraper_idle(crawler: Crawler) -> bool:
+    """No response or item is being processed by the spider or the item pipelines."""
+    slot = crawler.engine.scraper.slot
+    return slot is None or slot.is_idle()
 
 
 # --- robots.txt ----------------------------------------------------------------------------
@@ -405,6 +422,15 @@ def check_upstream(optional: bool = True) -> list[str]:
     for attr in ("_parsers", "_robotstxt_useragent", "_default_useragent", "_stats"):
         if attr not in inspect.getsource(RobotsTxtMiddleware.__init__):
             problems.append(f"RobotsTxtMiddleware no longer sets {attr}")
+    from scrapy.core.engine import ExecutionEngine, _Slot
+    from scrapy.core.scraper import Slot as ScraperSlot
+
+    if "self._slot" not in inspect.getsource(ExecutionEngine.__init__):
+        problems.append("ExecutionEngine no longer keeps its slot in _slot")
+    if "self.closing" not in inspect.getsource(_Slot.__init__):
+        problems.append("the engine's slot no longer has closing")
+    if not callable(getattr(ScraperSlot, "is_idle", None)):
+        problems.append("the scraper's Slot.is_idle is gone")
     from scrapy.core.downloader import Downloader, Slot
 
     if "get_slot_key" not in vars(Downloader):

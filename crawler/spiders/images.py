@@ -47,6 +47,32 @@ def _host_in(host: str, domains: set[str]) -> bool:
     return any(host == d or host.endswith("." + d) for d in domains)
 
 
+def image_item(ref: ImageRef, page_url: str | None, page_title: str | None) -> dict[str, Any]:
+    """The fields of an image's row known from its page."""
+    return {
+        "url": ref.url,
+        "page_url": page_url,
+        "page_title": page_title,
+        "alt": ref.alt,
+        "title_attr": ref.title_attr,
+        "figcaption": ref.figcaption,
+        "context": ref.context,
+        "license": ref.license,
+        "license_url": ref.license_url,
+        "license_source": ref.license_source,
+        "chrome": ref.chrome,
+    }
+
+
+def refusal(item: dict[str, Any], opt_out: OptOut | None) -> dict[str, Any] | None:
+    """The image's final row when it must not be fetched (its page opted out, its URL is unusable)."""
+    if opt_out:
+        return {**item, "status": opt_out.signal, "error": f"page opted out ({opt_out.describe()})", **opt_out.row_fields()}
+    if why := check_url(item["url"]):
+        return {**item, "status": Status.BAD_URL.value, "error": why}
+    return None
+
+
 class ImagesSpider(scrapy.Spider):
     """Crawl pages from seed URLs, following in-scope links, and fetch every image found.
 
@@ -57,6 +83,10 @@ class ImagesSpider(scrapy.Spider):
     """
 
     name = "images"
+    #: A crawl worker's number (its part and journal names); None: the one process of an embedded crawl.
+    worker_id: int | None = None
+    #: Where a crawl worker records a part's URLs before the part is renamed (crawler.pipelines.PartWriter).
+    part_commit: Any = None
     #: Scrapy components this spider switches off: {setting: (import path, ...)}, merged
     #: into the project's dicts in from_crawler.
     components_off: dict[str, tuple[str, ...]] = {}
@@ -66,16 +96,20 @@ class ImagesSpider(scrapy.Spider):
         self.config = config if config is not None else CrawlConfig.from_spider_args(kwargs)
         self.crawl_dir = Path(self.config.work) / "crawl"
         self.crawl_dir.mkdir(parents=True, exist_ok=True)
-        remove_stale_temps(self.crawl_dir)  # parts and files of a run that was killed
-        # Image URLs recorded in a part (by this run or an earlier one) or on their way to one.
-        self.known: set[str] = load_done_urls(self.crawl_dir)
         self.outstanding: set[str] = set()  # image URLs sent on their way, no item yet
-        self.journal = PageJournal(self.crawl_dir)
         self.page_depth: dict[str, int] = {}  # admitted pages -> shortest depth known
         self.page_decisions: dict[str, set[str]] = defaultdict(set)  # refused pages by status
         self.agent_token = self.config.user_agent.split("/")[0].split()[0].lower()
         self.scope = {urlsplit(s).hostname or "" for s in self.config.seeds} | set(self.config.allow_domains)
         self.started_at = datetime.now(timezone.utc)
+        self._open_state()
+
+    def _open_state(self) -> None:
+        """What earlier runs finished, from WORK/crawl (a crawl worker reads it from its frontier instead)."""
+        remove_stale_temps(self.crawl_dir)  # parts and files of a run that was killed
+        # Image URLs recorded in a part (by this run or an earlier one) or on their way to one.
+        self.known: set[str] = load_done_urls(self.crawl_dir)
+        self.journal = PageJournal(self.crawl_dir)
         if self.known:
             log.info("resuming: %d image URLs already recorded in %s", len(self.known), self.crawl_dir)
 
@@ -260,37 +294,25 @@ class ImagesSpider(scrapy.Spider):
         if ref.url in self.known:
             return
         self.known.add(ref.url)
-        item = {
-            "url": ref.url,
-            "page_url": page_url,
-            "page_title": page_title,
-            "alt": ref.alt,
-            "title_attr": ref.title_attr,
-            "figcaption": ref.figcaption,
-            "context": ref.context,
-            "license": ref.license,
-            "license_url": ref.license_url,
-            "license_source": ref.license_source,
-            "chrome": ref.chrome,
-        }
-        yield from self._fetch_or_refuse(item, opt_out)
+        yield from self._fetch_or_refuse(image_item(ref, page_url, page_title), opt_out)
 
     def _fetch_or_refuse(self, item: dict[str, Any], opt_out: OptOut | None = None) -> Iterator[Any]:
         url = item["url"]
-        if opt_out:
-            yield {**item, "status": opt_out.signal, "error": f"page opted out ({opt_out.describe()})", **opt_out.row_fields()}
-        elif why := check_url(url):
-            yield {**item, "status": Status.BAD_URL.value, "error": why}
+        if refused := refusal(item, opt_out):
+            yield refused
         else:
             self.outstanding.add(url)
-            yield scrapy.Request(
-                url,
-                callback=self.parse_image,
-                errback=self.image_failed,
-                priority=IMAGE_PRIORITY,
-                dont_filter=True,
-                meta={"cc_item": item, "download_maxsize": self.config.max_image_bytes},
-            )
+            yield self._image_request(item)
+
+    def _image_request(self, item: dict[str, Any]) -> scrapy.Request:
+        return scrapy.Request(
+            item["url"],
+            callback=self.parse_image,
+            errback=self.image_failed,
+            priority=IMAGE_PRIORITY,
+            dont_filter=True,
+            meta={"cc_item": item, "download_maxsize": self.config.max_image_bytes},
+        )
 
     def parse_image(self, response: Response) -> Iterator[dict[str, Any]]:
         item = dict(response.meta["cc_item"])
