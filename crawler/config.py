@@ -11,7 +11,10 @@ from urllib.parse import urlsplit
 
 from common.errors import ConfigError
 from common.options import (
+    CLUSTER_EXTRA,
+    EXECUTORS,
     between,
+    check_executor,
     check_fields,
     describe,
     from_strings,
@@ -28,11 +31,13 @@ from .imageproc import IMAGE_FORMATS, RESAMPLE_FILTERS, RESIZE_MODES, ImageOptio
 DEFAULT_USER_AGENT = "capcrawl/0.1 (+https://github.com/capcrawl/capcrawl; image-caption dataset builder)"
 LIST_FORMATS = ("txt", "csv", "tsv", "parquet", "jsonl")
 
-#: Options that only make sense when crawling pages from seeds, and only for URL lists.
+#: Options that only make sense when crawling pages from seeds, and only for URL lists (the Ray
+#: executor runs downloads of URL lists only).
 CRAWL_ONLY = ("seeds", "max_pages", "max_depth", "allow_domains")
-LIST_ONLY = ("url_list", "input_format", "url_col", "caption_col")
+LIST_ONLY = ("url_list", "input_format", "url_col", "caption_col", "executor", "ray_address", "shard_rows")
 
 _SCOPE, _POLITE, _HTTP, _IMAGES, _SAFETY, _LIST = "crawl scope", "politeness", "downloads", "images", "safety", "URL list"
+_CLUSTER = "cluster"
 
 
 @dataclass(frozen=True)
@@ -90,10 +95,19 @@ class CrawlConfig:
     image_workers: int = option(0, "--image-workers", "image worker processes (default 0: one per core)",
                                 check=non_negative, group=_IMAGES)
     part_rows: int = option(2000, "--part-rows", "rows per crawl part (default %(default)s)", check=positive, group=_IMAGES)
+    executor: str = option("local", "--executor", "local: this process; ray: one Ray task per input shard of the list "
+                           f"(needs {CLUSTER_EXTRA})", choices=EXECUTORS, group=_CLUSTER)
+    ray_address: str | None = option(None, "--ray-address", "Ray cluster to use (host:port, auto, ray://...); default: "
+                                     "start a local Ray", metavar="ADDR", group=_CLUSTER)
+    shard_rows: int = option(10_000, "--shard-rows", "URLs per input shard, one Ray task each (default %(default)s)",
+                             check=positive, group=_CLUSTER)
     progress: bool = option(True, hidden=True, help="a progress line on a terminal")
 
     def __post_init__(self) -> None:
         check_fields(self)
+        check_executor(self.executor, self.ray_address)
+        if self.executor == "ray" and not self.url_list:
+            raise ConfigError("--executor ray runs capcrawl download (URL lists); a crawl from seeds runs locally.")
         if not str(self.work).strip():
             raise ConfigError("--work must name a directory.")
         if not self.user_agent.strip():

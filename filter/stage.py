@@ -235,8 +235,7 @@ class FilterStage:
 
     def is_done(self, part: Path) -> bool:
         """A part is done when its scored output (and embeddings, if wanted) exist."""
-        out = self.config.scored_dir / part.name
-        return out.is_file() and (not self.config.embeddings or (out.parent / emb_name(out)).is_file())
+        return part_done(self.config, part)
 
     def process_part(self, part: Path) -> int:
         """Score one crawl part and write its outputs (embeddings first, the part last as the marker)."""
@@ -280,6 +279,12 @@ class FilterStage:
         atomic_write_json(stats, cfg.scored_dir / STATS_FILE, sort_keys=True)
         write_done_marker(cfg, parts)
         return stats
+
+
+def part_done(config: FilterConfig, part: Path) -> bool:
+    """A part is done when its scored output (and embeddings, if wanted) exist."""
+    out = config.scored_dir / part.name
+    return out.is_file() and (not config.embeddings or (out.parent / emb_name(out)).is_file())
 
 
 def write_done_marker(config: FilterConfig, parts: list[Path]) -> None:
