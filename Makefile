@@ -13,7 +13,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH)
-	$(PY) -m pip install -q -e '.[test,coca]'
+	$(PY) -m pip install -q -e '.[test,coca,cluster]'
 	$(PY) -m compileall -q capcrawl common crawler filter shards
 	touch $@
 
