@@ -33,7 +33,7 @@ run() {  # run LABEL ROUND ARGS...
     local label="$1" round="$2"
     shift 2
     local work="$RUNS/$label-$round"
-    rm -rf "$work"
+    rm -rf "$work" "$RUNS/$label-$round.log"
     # shellcheck disable=SC2086
     "$PY" "$REPO/bench/measure.py" --label "$label/$round" --out "$RES" --log "$RUNS/$label-$round.log" -- \
         "$CAPCRAWL" -v download "$URLS" --work "$work" "${CAPCRAWL_DOWNLOAD_ARGS[@]}" $CAPCRAWL_VS_FLAGS "$@"

@@ -93,8 +93,9 @@ def cmd_crawl(args: argparse.Namespace) -> int:
         stats = crawler.run(cfg, _scrapy_log_level(args))
     print_crawl_summary(stats, cfg.crawl_dir)
     if stats.get("failed_shards"):
-        print(f"capcrawl: {len(stats['failed_shards'])} input shards failed on every try (see the log above); "
-              "run the same command again to retry them.", file=sys.stderr)
+        n = len(stats["failed_shards"])
+        print(f"capcrawl: {n} input shard{'s' if n > 1 else ''} failed on every try (see the log above); "
+              "run the same command again to retry.", file=sys.stderr)
         return 1
     return _interrupted(stats)
 

@@ -236,6 +236,7 @@ def run_shard(config: CrawlConfig, shard: int, log_level: str = "WARNING", deadl
         return {"shard": shard, "state": "done", "ran": False, "marker": marker}
     if deadline_at is not None and time.time() >= deadline_at:
         return {"shard": shard, "state": "incomplete", "finish_reason": "closespider_timeout"}
+    started = time.monotonic()
     task_dir = shard_task_dir(config.crawl_dir, shard)
     own_dir = task_dir / CRAWL_DIR
     take_back_parts(config.crawl_dir, shard, own_dir)
@@ -256,6 +257,7 @@ def run_shard(config: CrawlConfig, shard: int, log_level: str = "WARNING", deadl
         "crawl_delay": stats.get("crawl_delay", {}),
         "parts": sorted(p.name for p in list_parts(config.crawl_dir) if (s := parse_shard_part_name(p.name)) and s[0] == shard),
         "finished_at": datetime.now(timezone.utc).isoformat(),
+        "seconds": round(time.monotonic() - started, 3),  # this task's last try, process start to marker
     }
     atomic_write_json(marker, done_path(config, shard))
     shutil.rmtree(task_dir, ignore_errors=True)

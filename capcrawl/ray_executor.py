@@ -28,6 +28,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from common.errors import ConfigError
+from common.fileio import atomic_write_json
+from common.layout import STATS_FILE
 from crawler.config import CrawlConfig
 from filter.config import FilterConfig
 
@@ -120,6 +122,7 @@ def download(config: CrawlConfig, log_level: str = "WARNING") -> dict[str, Any]:
     finished: list[dict[str, Any]] = []
     failed: dict[int, str] = {}
     finish_reason = "finished"
+    complete = len(cut.shards) - len(todo)
     if todo:
         deadline_at = time.time() + config.deadline if config.deadline else None
         with ray_cluster(config.ray_address, log_level) as ray:
@@ -131,9 +134,12 @@ def download(config: CrawlConfig, log_level: str = "WARNING") -> dict[str, Any]:
                         failed[shard] = error
                         log.error("shard %d failed after %d retries: %s", shard, TASK_RETRIES, error)
                     elif result["state"] == "done":
+                        complete += 1
                         if result.get("ran"):
                             finished.append(result["marker"])
-                        _report(config, len(cut.shards) - len(todo) + len(finished), len(cut.shards))
+                            log.info("shard %d: %d rows in %.1f s", shard, result["marker"]["rows"],
+                                     result["marker"]["seconds"])
+                        _report(config, complete, len(cut.shards))
                     else:
                         finish_reason = result.get("finish_reason") or "incomplete"
             except KeyboardInterrupt:
@@ -147,6 +153,7 @@ def download(config: CrawlConfig, log_level: str = "WARNING") -> dict[str, Any]:
     input_shards.remove_finished_task_dirs(config, cut)
     if failed:
         stats["failed_shards"] = sorted(failed)
+        atomic_write_json(stats, config.crawl_dir / STATS_FILE)
     return stats
 
 
@@ -228,8 +235,8 @@ def pool_size(config: FilterConfig, resources: dict[str, float], parts: int) -> 
 
 def filter_parts(config: FilterConfig) -> dict[str, Any]:
     """Score WORK/crawl's unfinished parts on a pool of Ray actors; returns WORK/scored/stats.json."""
-    from common.fileio import atomic_write_json, remove_stale_temps
-    from common.layout import STATS_FILE, emb_name, list_parts
+    from common.fileio import remove_stale_temps
+    from common.layout import emb_name, list_parts
     from filter.stage import collect_stats, part_done, select_parts, write_done_marker
 
     config.check_inputs()

@@ -95,15 +95,29 @@ def test_download_on_ray_gives_the_local_records_and_reruns_skip_finished_shards
     run_cli(*args, "--ray-address", ray_address, check=True)
     assert len(site.log) == seen and _records(work) == local
 
-    # A shard without its marker (and parts) is downloaded again, and only that shard.
+    # A shard without its marker and parts is downloaded again, and only that shard. A shard whose
+    # task fails on every try (its directory cannot be made) is reported, and the run exits 1.
     (work / CRAWL_DIR / INPUT_DIR / "shard-00001.done").unlink()
     (work / CRAWL_DIR / "part-s00001-00000.parquet").unlink()
+    (work / CRAWL_DIR / INPUT_DIR / "shard-00002.done").unlink()
+    blocker = shard_task_dir(work / CRAWL_DIR, 2)
+    blocker.parent.mkdir(parents=True)
+    blocker.write_text("in the way")
     shard1 = pq.read_table(work / CRAWL_DIR / INPUT_DIR / "shard-00001.parquet").column("url").to_pylist()
-    run_cli(*args, "--ray-address", ray_address, check=True)
+    proc = run_cli(*args, "--ray-address", ray_address)
+    assert proc.returncode == 1 and "1 input shard failed on every try" in proc.stderr, proc.stderr
+    assert _stats(work)["failed_shards"] == [2] and not _stats(work)["complete"]
     again = [r.path for r in site.log[seen:] if r.path != "/robots.txt"]
     assert sorted(again) == sorted(u.split(str(site.port), 1)[1] for u in shard1 if u.startswith("http://127.0.0.1") and "/no/" not in u)
+
+    # The next run retries it: its rows are in its parts already, so it fetches nothing.
+    blocker.unlink()
+    seen = len(site.log)
+    run_cli(*args, "--ray-address", ray_address, check=True)
+    assert len(site.log) == seen
     assert _records(work) == local
     assert _comparable(_stats(work)) == _comparable(_stats(tmp_path / "local"))
+    assert not (work / CRAWL_DIR / "_tasks").exists()
 
 
 def _shard_process(task_dir: Path) -> int | None:
