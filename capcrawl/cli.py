@@ -42,6 +42,7 @@ def _filter_config_class() -> type:
 
 def build_parser() -> argparse.ArgumentParser:
     FilterConfig = _filter_config_class()
+    from filter.config import CLUSTER_OPTIONS as FILTER_CLUSTER_OPTIONS  # `run` filters in its own process
     parser = _Parser(prog="capcrawl", description="Crawl the web politely into CLIP-filtered, deduplicated image-caption shards.")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for Scrapy's debug log)")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress line")
@@ -62,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="crawl, filter and write shards in one go (resumable)")
     groups: dict = {}
     add_options(p, CrawlConfig, skip=LIST_ONLY + CLUSTER, groups=groups)
-    add_options(p, FilterConfig, skip=("work",), groups=groups)
+    add_options(p, FilterConfig, skip=("work", *FILTER_CLUSTER_OPTIONS), groups=groups)
     add_options(p, ShardsConfig, skip=("work", "site_chrome"), groups=groups)  # --keep-site-chrome: the filter's
 
     p = sub.add_parser("remove", help="apply a takedown list to existing shards")
@@ -95,8 +96,18 @@ def cmd_crawl(args: argparse.Namespace) -> int:
         code, stats = run_workers(cfg, args.argv)
         print_crawl_summary(stats, cfg.crawl_dir)
         return code
-    stats = crawler.run(cfg, _scrapy_log_level(args))
+    if cfg.executor == "ray":
+        from .ray_executor import download
+
+        stats = download(cfg, _scrapy_log_level(args))
+    else:
+        stats = crawler.run(cfg, _scrapy_log_level(args))
     print_crawl_summary(stats, cfg.crawl_dir)
+    if stats.get("failed_shards"):
+        n = len(stats["failed_shards"])
+        print(f"capcrawl: {n} input shard{'s' if n > 1 else ''} failed on every try (see the log above); "
+              "run the same command again to retry.", file=sys.stderr)
+        return 1
     return _interrupted(stats)
 
 
@@ -106,7 +117,13 @@ cmd_download = cmd_crawl
 def cmd_filter(args: argparse.Namespace) -> int:
     import filter as clip_filter
 
-    print_filter_summary(clip_filter.run(from_namespace(_filter_config_class(), args)))
+    config = from_namespace(_filter_config_class(), args)
+    if config.executor == "ray":
+        from .ray_executor import filter_parts
+
+        print_filter_summary(filter_parts(config))
+    else:
+        print_filter_summary(clip_filter.run(config))
     return 0
 
 

@@ -8,6 +8,7 @@ logs every request it receives.
 from __future__ import annotations
 
 import mimetypes
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -126,6 +127,12 @@ class _Server(ThreadingHTTPServer):
     allow_reuse_address = True
     stopping = False
     site: "LocalSite"
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        """A client that hung up before its answer was written is no server error (no traceback)."""
+        if isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
+            return
+        super().handle_error(request, client_address)
 
 
 class LocalSite:

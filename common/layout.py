@@ -5,6 +5,10 @@
     WORK/crawl/part-NNNNN.parquet          crawl records (CRAWL_SCHEMA); part-wNN-NNNNN.parquet from crawl worker NN
     WORK/crawl/pages.jsonl                 the page journal (pages-wNN.jsonl per worker)
     WORK/crawl/image_pages.parquet         per image URL: pages of its host that show it (IMAGE_PAGES_SCHEMA)
+    WORK/crawl/part-sNNNNN-MMMMM.parquet   crawl records downloaded by a cluster task for input shard NNNNN
+    WORK/crawl/_input/shard-NNNNN.parquet  a URL list cut into input shards (url, caption), cut.json describes the cut
+    WORK/crawl/_input/shard-NNNNN.done     an input shard's completion marker (its counts, JSON)
+    WORK/crawl/_tasks/shard-NNNNN/         an input shard's own work directory while its task runs
     WORK/crawl/stats.json                  counts; _SUCCESS when the crawl finished with nothing pending
     WORK/scored/part-NNNNN.parquet         scored records (SCORED_SCHEMA), one per crawl part, same name
     WORK/scored/emb-NNNNN.npy              float16 image embeddings, row-aligned with the scored part
@@ -29,7 +33,12 @@ DONE_FILE = "_SUCCESS"
 PAGES_FILE = "pages.jsonl"
 IMAGE_PAGES_FILE = "image_pages.parquet"
 
+INPUT_DIR = "_input"
+TASKS_DIR = "_tasks"
+CUT_FILE = "cut.json"
+
 _PART = re.compile(r"^part-(?:w(?P<worker>\d+)-)?(?P<index>\d+)\.parquet$")
+_SHARD_PART = re.compile(r"^part-s(?P<shard>\d+)-(?P<index>\d+)\.parquet$")
 
 
 def part_name(index: int, worker: int | None = None) -> str:
@@ -43,6 +52,32 @@ def parse_part_name(name: str) -> tuple[int | None, int] | None:
     if not m:
         return None
     return (int(m["worker"]) if m["worker"] is not None else None, int(m["index"]))
+
+
+def shard_part_name(shard: int, index: int) -> str:
+    """``part-s00003-00042.parquet``: part 42 of input shard 3, as a cluster task publishes it."""
+    return f"part-s{shard:05d}-{index:05d}.parquet"
+
+
+def parse_shard_part_name(name: str) -> tuple[int, int] | None:
+    """``(shard, index)`` of a shard part's file name; None for other names."""
+    m = _SHARD_PART.match(name)
+    return (int(m["shard"]), int(m["index"])) if m else None
+
+
+def input_shard_name(shard: int) -> str:
+    """``shard-00003.parquet``: input shard 3 of a cut URL list."""
+    return f"shard-{shard:05d}.parquet"
+
+
+def shard_done_name(shard: int) -> str:
+    """``shard-00003.done``: input shard 3's completion marker."""
+    return f"shard-{shard:05d}.done"
+
+
+def shard_task_dir(crawl_dir: str | Path, shard: int) -> Path:
+    """``WORK/crawl/_tasks/shard-00003``: where input shard 3's task crawls before it publishes its parts."""
+    return Path(crawl_dir) / TASKS_DIR / f"shard-{shard:05d}"
 
 
 def journal_name(worker: int | None = None) -> str:

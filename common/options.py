@@ -20,6 +20,10 @@ from typing import Any, Callable, Iterable, Sequence
 
 from common.errors import ConfigError
 
+#: Where a stage's work runs: this process, or Ray tasks/actors (the ``cluster`` extra).
+EXECUTORS = ("local", "ray")
+CLUSTER_EXTRA = "pip install 'capcrawl[cluster]'"
+
 #: A check returns a complaint ("must be greater than 0") or None when the value is fine.
 Check = Callable[[Any], "str | None"]
 
@@ -237,6 +241,22 @@ def check_fields(config: Any) -> None:
             complaint = opt.check(value)
             if complaint:
                 raise ConfigError(f"{name} {complaint}, got {value!r}.")
+
+
+def check_executor(executor: str, ray_address: str | None) -> None:
+    """``--executor ray`` needs Ray installed (looked up, not imported); ``--ray-address`` needs ``--executor ray``."""
+    if executor != "ray":
+        if ray_address:
+            raise ConfigError("--ray-address needs --executor ray.")
+        return
+    import importlib.util
+
+    try:
+        found = importlib.util.find_spec("ray") is not None
+    except (ImportError, ValueError):  # ValueError: a blocked or half-imported module
+        found = False
+    if not found:
+        raise ConfigError(f"--executor ray needs Ray, which is not installed: {CLUSTER_EXTRA}.")
 
 
 def replace_frozen(config: Any, **changes: Any) -> None:

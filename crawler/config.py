@@ -11,7 +11,10 @@ from urllib.parse import urlsplit
 
 from common.errors import ConfigError
 from common.options import (
+    CLUSTER_EXTRA,
+    EXECUTORS,
     between,
+    check_executor,
     check_fields,
     describe,
     from_strings,
@@ -33,10 +36,12 @@ LIST_FORMATS = ("txt", "csv", "tsv", "parquet", "jsonl")
 CRAWL_ONLY = ("seeds", "max_pages", "max_depth", "allow_domains", "frontier", "worker_processes", "worker_id", "lease_timeout")
 #: Options of a crawl cluster (crawler/frontier.py): workers sharing one frontier in Redis.
 CLUSTER = ("frontier", "worker_processes", "worker_id", "lease_timeout")
-LIST_ONLY = ("url_list", "input_format", "url_col", "caption_col")
+#: The Ray executor (capcrawl/ray_executor.py) runs downloads of URL lists only.
+LIST_ONLY = ("url_list", "input_format", "url_col", "caption_col", "executor", "ray_address", "shard_rows")
 
 _SCOPE, _POLITE, _HTTP, _IMAGES, _SAFETY, _LIST = "crawl scope", "politeness", "downloads", "images", "safety", "URL list"
 _CLUSTER = "many workers, one frontier (pip install 'capcrawl[cluster]')"
+_RAY = "Ray executor (pip install 'capcrawl[cluster]')"
 
 
 @dataclass(frozen=True)
@@ -112,10 +117,19 @@ class CrawlConfig:
     lease_timeout: float = option(30.0, "--lease-timeout", "seconds without a heartbeat after which a worker counts as "
                                   "dead and its unfinished work returns to the queue (default %(default)s)",
                                   check=positive, group=_CLUSTER)
+    executor: str = option("local", "--executor", "local: this process; ray: one Ray task per input shard of the list "
+                           f"(needs {CLUSTER_EXTRA})", choices=EXECUTORS, group=_RAY)
+    ray_address: str | None = option(None, "--ray-address", "Ray cluster to use (host:port, auto, ray://...); default: "
+                                     "start a local Ray", metavar="ADDR", group=_RAY)
+    shard_rows: int = option(10_000, "--shard-rows", "URLs per input shard, one Ray task each (default %(default)s)",
+                             check=positive, group=_RAY)
     progress: bool = option(True, hidden=True, help="a progress line on a terminal")
 
     def __post_init__(self) -> None:
         check_fields(self)
+        check_executor(self.executor, self.ray_address)
+        if self.executor == "ray" and not self.url_list:
+            raise ConfigError("--executor ray runs capcrawl download (URL lists); a crawl from seeds runs locally.")
         if not str(self.work).strip():
             raise ConfigError("--work must name a directory.")
         if not self.user_agent.strip():

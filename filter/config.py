@@ -8,7 +8,19 @@ from pathlib import Path
 
 from common.errors import ConfigError
 from common.layout import crawl_dir, scored_dir
-from common.options import between, check_fields, non_negative, option, optional, parse_list, positive, replace_frozen
+from common.options import (
+    CLUSTER_EXTRA,
+    EXECUTORS,
+    between,
+    check_executor,
+    check_fields,
+    non_negative,
+    option,
+    optional,
+    parse_list,
+    positive,
+    replace_frozen,
+)
 
 DEFAULT_MODEL = "ViT-B-32"
 DEFAULT_PRETRAINED = "laion2b_s34b_b79k"
@@ -20,6 +32,9 @@ PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 GENERATE_MODES = ("auto", "yes", "no")
 
 _MODEL, _HW, _THRESH, _CAPS, _OUT = "model", "hardware", "thresholds", "candidate captions", "output and splitting"
+_CLUSTER = "cluster"
+#: The options of the Ray executor (``capcrawl run`` filters locally and does not offer them).
+CLUSTER_OPTIONS = ("executor", "ray_address", "gpus_per_worker")
 
 
 @dataclass(frozen=True)
@@ -74,6 +89,12 @@ class FilterConfig:
     shard_index: int = option(0, "--shard-index", "this machine's index among --num-shards; it scores parts whose "
                               "number %% N == index", check=non_negative, group=_OUT)
     num_shards: int = option(1, "--num-shards", "machines sharing the parts (default 1)", check=positive, group=_OUT)
+    executor: str = option("local", "--executor", "local: this process; ray: a pool of Ray actors, each holding the "
+                           f"model once (needs {CLUSTER_EXTRA})", choices=EXECUTORS, group=_CLUSTER)
+    ray_address: str | None = option(None, "--ray-address", "Ray cluster to use (host:port, auto, ray://...); default: "
+                                     "start a local Ray", metavar="ADDR", group=_CLUSTER)
+    gpus_per_worker: float = option(0.0, "--gpus-per-worker", "GPUs per Ray actor: 1 = one actor per GPU, 0.5 = two; "
+                                    "0 (default) = CPU actors of max(1, --workers) CPUs each", check=non_negative, group=_CLUSTER)
     #: The label bank's phrases, read from ``label_bank`` when the config is built.
     label_phrases: tuple[str, ...] = field(default=(), init=False)
     #: ``lang_thresholds`` parsed: ((code, threshold), ...).
@@ -96,6 +117,7 @@ class FilterConfig:
         for code in self.languages:
             if not code.isalpha() or not 2 <= len(code) <= 3:
                 raise ConfigError(f"--languages takes ISO 639 codes such as en,de; got {code!r}.")
+        self._check_cluster()
         if self.detect_faces:
             from filter.faces import check_available
 
@@ -104,6 +126,8 @@ class FilterConfig:
             from filter.language import check_available
 
             check_available()
+        if self.gpus_per_worker:
+            return  # the device is checked on the actors' machines (this one may have no GPU)
         from filter.model import autocast_dtype, resolve_device  # torch is imported only when filtering
 
         autocast_dtype(self.precision, resolve_device(self.device))
@@ -111,6 +135,21 @@ class FilterConfig:
     def threshold_for(self, language: str | None) -> float:
         """The keep threshold for a caption in ``language`` (None: not known)."""
         return dict(self.threshold_by_lang).get(language, self.threshold) if language else self.threshold
+
+    def _check_cluster(self) -> None:
+        """The Ray executor's options: Ray installed; GPU actors on a GPU device, CPU actors on the CPU."""
+        check_executor(self.executor, self.ray_address)
+        if self.executor != "ray":
+            if self.gpus_per_worker:
+                raise ConfigError("--gpus-per-worker needs --executor ray.")
+            return
+        if self.gpus_per_worker and self.device == "cpu":
+            raise ConfigError("--gpus-per-worker asks for GPU actors but --device is cpu; pass --device auto or cuda.")
+        if not self.gpus_per_worker and self.device.startswith("cuda"):
+            raise ConfigError(f"--device {self.device} under --executor ray needs GPU actors: pass --gpus-per-worker 1.")
+        if ":" in self.device:
+            raise ConfigError(f"--device {self.device}: under --executor ray each actor uses the GPU Ray gives it; "
+                              "pass --device cuda or auto.")
 
     @property
     def effective_fill_threshold(self) -> float:

@@ -478,8 +478,7 @@ class FilterStage:
 
     def is_done(self, part: Path) -> bool:
         """A part is done when its scored output (and embeddings, if wanted) exist."""
-        out = self.config.scored_dir / part.name
-        return out.is_file() and (not self.config.embeddings or (out.parent / emb_name(out)).is_file())
+        return part_done(self.config, part)
 
     def write_part(self, scored: "ScoredPart") -> int:
         """Write one part's outputs: embeddings first, the scored part last (it marks the part done)."""
@@ -546,6 +545,12 @@ def _language_model() -> LanguageOf | None:
         log.warning("caption languages are not recorded: %s", e)
         return None
     return LanguageOf()
+
+
+def part_done(config: FilterConfig, part: Path) -> bool:
+    """A part is done when its scored output (and embeddings, if wanted) exist."""
+    out = config.scored_dir / part.name
+    return out.is_file() and (not config.embeddings or (out.parent / emb_name(out)).is_file())
 
 
 def write_done_marker(config: FilterConfig, parts: list[Path]) -> None:
