@@ -94,7 +94,9 @@ def ray_cluster(address: str | None, log_level: str = "WARNING", num_cpus: int |
             ray.init(address=address, **kwargs)
         else:
             started = time.monotonic()
-            ray.init(num_cpus=num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1",
+            # "local": a new Ray even where `ray start` left a cluster (or a stale address in
+            # /tmp/ray/ray_current_cluster), which a bare ray.init() would try to join.
+            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1",
                      object_store_memory=LOCAL_OBJECT_STORE_BYTES, **kwargs)
             log.info("started a local Ray in %.1f s", time.monotonic() - started)
     except ConnectionError as e:

@@ -38,7 +38,7 @@ def ray_address():
     ray = import_ray(local=True)
     if ray.is_initialized():
         ray.shutdown()
-    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", object_store_memory=100 * 1024**2,
+    ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", object_store_memory=100 * 1024**2,
              logging_level="WARNING", log_to_driver=False)
     try:
         yield ray.get_runtime_context().gcs_address
@@ -107,7 +107,7 @@ def test_download_on_ray_gives_the_local_records_and_reruns_skip_finished_shards
     proc = run_cli(*args, "--ray-address", ray_address)
     assert proc.returncode == 1 and "1 input shard failed on every try" in proc.stderr, proc.stderr
     assert _stats(work)["failed_shards"] == [2] and not _stats(work)["complete"]
-    again = [r.path for r in site.log[seen:] if r.path != "/robots.txt"]
+    again = [r.path for r in site.log[seen:] if r.path not in ("/robots.txt", "/ai.txt", "/.well-known/tdmrep.json")]  # once per host and task
     assert sorted(again) == sorted(u.split(str(site.port), 1)[1] for u in shard1 if u.startswith("http://127.0.0.1") and "/no/" not in u)
 
     # The next run retries it: its rows are in its parts already, so it fetches nothing.
@@ -179,6 +179,26 @@ def test_a_task_killed_mid_shard_is_retried_and_resumes(tmp_path, site, ray_addr
     assert stats["complete"] and stats["images"] == {"ok": 8}
 
 
+def _assert_same_scored(got: pa.Table, want: pa.Table, name: str) -> None:
+    """The same scored rows: every column equal, scores within float rounding. A local run batches
+    images across parts and an actor one part at a time, and a matrix product over a batch of
+    another size may differ in the last bits."""
+    assert got.schema == want.schema and got.num_rows == want.num_rows, name
+    for field in want.schema:
+        a, b = got.column(field.name).to_pylist(), want.column(field.name).to_pylist()
+        assert _close(a, b), (name, field.name, a, b)
+
+
+def _close(a, b) -> bool:
+    if isinstance(a, float) and isinstance(b, float):
+        return abs(a - b) <= 1e-4
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_close(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_close(a[k], b[k]) for k in a)
+    return a == b
+
+
 def test_filter_on_ray_actors_gives_the_local_outputs(tmp_path, tiny, ray_address):
     """Four parts scored by a pool of two CPU actors: the same scored parts and embeddings, and
     the same stats, as the local filter. Each actor holds one CPU and runs torch on one thread,
@@ -204,9 +224,9 @@ def test_filter_on_ray_actors_gives_the_local_outputs(tmp_path, tiny, ray_addres
     assert [p.name for p in local_parts] == [p.name for p in list_parts(tmp_path / "ray" / SCORED_DIR)]
     assert len(local_parts) == 4
     for part in local_parts:
-        assert pq.read_table(tmp_path / "ray" / SCORED_DIR / part.name).equals(pq.read_table(part)), part.name
+        _assert_same_scored(pq.read_table(tmp_path / "ray" / SCORED_DIR / part.name), pq.read_table(part), part.name)
         a, b = (np.load(tmp_path / n / SCORED_DIR / emb_name(part)) for n in ("local", "ray"))
-        assert np.array_equal(a, b), part.name
+        assert a.shape == b.shape and np.allclose(a, b, atol=2e-3), part.name
     local, ray_stats = _stats(tmp_path / "local", SCORED_DIR), _stats(tmp_path / "ray", SCORED_DIR)
     assert {k: v for k, v in ray_stats.items() if k != "this_run"} == {k: v for k, v in local.items() if k != "this_run"}
     assert ray_stats["this_run"]["actors"] == 2 and ray_stats["this_run"]["parts_scored"] == 4
