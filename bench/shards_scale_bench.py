@@ -2,6 +2,7 @@
 
     df -h /tmp   # 1M rows: ~0.3 GB of parts, ~4.5 GB of shards (16x16 JPEGs, 3 tar members a sample)
     flock /tmp/capcrawl-cpu.lock .venv/bin/python bench/shards_scale_bench.py --rows 1000000
+    flock /tmp/capcrawl-cpu.lock .venv/bin/python bench/shards_scale_bench.py --rows 10000000 --skip-write
 
 Builds synthetic scored parts once per size under ``--data`` (kept between runs):
 tiny JPEGs (16x16, a pool of ``--image-pool`` images reused with distinct URLs), a
@@ -169,13 +170,25 @@ def _hashes_info(hashes: Any) -> dict:
     }
 
 
-def measure(work: Path, out: Path) -> dict:
-    """Run ``run_shards`` once in this process, instrumented."""
+class _NoWriter:
+    """Stands in for the ShardWriter when ``--skip-write`` leaves pass 2 out."""
+
+    written: list = []
+
+
+def _skip_write(config: Any, cands: Any, verdicts: Any) -> tuple[list[None], _NoWriter, int]:
+    return [None] * cands.meta.num_rows, _NoWriter(), 0
+
+
+def measure(work: Path, out: Path, skip_write: bool) -> dict:
+    """Run ``run_shards`` once in this process, instrumented (pass 2 replaced by a no-op if ``skip_write``)."""
     import shards.dedup
     import shards.run
     from shards.config import ShardsConfig
 
     steps: list[dict] = []
+    if skip_write:
+        shards.run.write_samples = _skip_write
     _instrument(shards.run, "load_candidates", steps, _candidates_info)
     _instrument(shards.run, "load_existing", steps)
     _instrument(shards.run, "_candidate_hashes", steps, _hashes_info)
@@ -191,6 +204,7 @@ def measure(work: Path, out: Path) -> dict:
     seconds = time.perf_counter() - start
     stage = manifest["runs"][-1]["stages"]["shards"]
     return {
+        "skip_write": skip_write,
         "rows": stage["input_rows"],
         "written": stage["written"],
         "dropped": stage["dropped"],
@@ -202,10 +216,10 @@ def measure(work: Path, out: Path) -> dict:
     }
 
 
-def run_fresh(work: Path, out: Path) -> dict:
+def run_fresh(work: Path, out: Path, skip_write: bool) -> dict:
     """:func:`measure` in a fresh Python process, OUT emptied first."""
     shutil.rmtree(out, ignore_errors=True)
-    cmd = [sys.executable, __file__, "--worker", "--work", str(work), "--out", str(out)]
+    cmd = [sys.executable, __file__, "--worker", "--work", str(work), "--out", str(out)] + (["--skip-write"] if skip_write else [])
     proc = subprocess.run(cmd, check=True, capture_output=True, text=True)
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     result["out_bytes"] = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
@@ -222,13 +236,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data", type=Path, default=Path("/tmp/capcrawl-shards-scale"), help="parts are built here once per size")
     parser.add_argument("--keep-out", action="store_true", help="leave the last OUT on disk")
+    parser.add_argument("--skip-write", action="store_true", help="leave out pass 2 (tar writing): dedup decisions, dedup log and manifest only")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
-        print(json.dumps(measure(args.work, args.out)))
+        print(json.dumps(measure(args.work, args.out, args.skip_write)))
         return []
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     results = []
@@ -236,7 +251,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         work = args.data / f"work-{rows}"
         make_work(work, rows, args.rows_per_part, args)
         out = args.data / f"out-{rows}"
-        result = run_fresh(work, out)
+        result = run_fresh(work, out, args.skip_write)
         if not args.keep_out:
             shutil.rmtree(out, ignore_errors=True)
         log.info(json.dumps(result))

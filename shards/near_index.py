@@ -49,7 +49,8 @@ _CANDIDATE_COST = 4.0  # relative cost of generating and verifying one candidate
 _MAX_EXTRA_BLOCKS = 12  # m ranges over d+1 .. d+1+_MAX_EXTRA_BLOCKS
 _COVER_TABLE_LIMIT = 4_000_000  # largest (keys x d-sets) table a greedy covering is built from
 _COVER_MIN_HASHES = 1 << 18  # below this, building a covering (up to ~0.1 s) costs more than it saves
-_CHUNK = 1 << 15  # words per slice of the streaming steps (256 KiB of uint64)
+_CHUNK = 1 << 17  # words per slice of the streaming steps (1 MiB of uint64; 2**13..2**17 measured, larger was faster)
+_CANDIDATE_SLICE = 1 << 20  # run starts whose candidate pairs are built and verified together
 _PAIR_SHIFT = np.uint64(32)  # pairs are encoded as i << 32 | j while they are collected
 
 
@@ -256,6 +257,24 @@ def _run_starts(packed: np.ndarray, idx_mask: np.uint64, scratch: _Scratch) -> n
     return np.concatenate(found) if found else np.zeros(0, dtype=np.intp)
 
 
+def _position_pairs(starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Every pair of positions ``(p, q)``, ``p < q``, inside the runs of equal keys that ``starts`` marks.
+
+    ``starts`` (sorted) holds each position whose successor has the same key, so a run of
+    ``r`` equal words shows as ``r - 1`` consecutive positions; most runs are pairs.
+    """
+    chained = np.diff(starts) == 1
+    if not chained.any():  # runs of two only
+        return starts, starts + 1
+    last_of_run = np.flatnonzero(~chained)  # indexes into starts where a run ends
+    run_last = np.concatenate([starts[last_of_run], starts[-1:]]) + 1  # last position of each run
+    sizes = np.diff(np.concatenate([[-1], last_of_run, [starts.size - 1]]))  # starts per run
+    later = np.repeat(run_last, sizes) - starts  # how many later positions each start pairs with
+    firsts = np.repeat(starts, later)
+    steps = np.arange(firsts.size) - np.repeat(np.cumsum(later) - later, later)
+    return firsts, firsts + steps + 1
+
+
 def _close_pairs_on_key(hashes: np.ndarray, mask: np.uint64, max_distance: int, idx_bits: int, scratch: _Scratch) -> np.ndarray:
     """Pairs ``i << 32 | j`` (``i < j``) of hashes that agree on ``mask`` and are within ``max_distance``."""
     idx_mask = np.uint64((1 << idx_bits) - 1)
@@ -264,18 +283,29 @@ def _close_pairs_on_key(hashes: np.ndarray, mask: np.uint64, max_distance: int, 
     packed.sort()
     starts = _run_starts(packed, idx_mask, scratch)
     found = []
-    offset = 1
-    while starts.size:
+    for lo, hi in _run_slices(starts):
+        p, q = _position_pairs(starts[lo:hi])
         # Within a bucket the words are ordered by index, so first < second.
-        first = packed[starts] & idx_mask
-        second = packed[starts + offset] & idx_mask
-        close = np.bitwise_count(hashes[first] ^ hashes[second]) <= max_distance
+        first, second = packed[p], packed[q]
+        first &= idx_mask
+        second &= idx_mask
+        # Index with int64, not uint64: numpy casts uint64 indexes first, which doubles a gather's cost.
+        close = np.bitwise_count(hashes[first.view(np.int64)] ^ hashes[second.view(np.int64)]) <= max_distance
         if close.any():
             found.append((first[close] << _PAIR_SHIFT) | second[close])
-        offset += 1
-        starts = starts[starts + offset < packed.size]
-        starts = starts[np.bitwise_xor(packed[starts + offset], packed[starts]) <= idx_mask]
     return np.concatenate(found) if found else np.zeros(0, dtype=np.uint64)
+
+
+def _run_slices(starts: np.ndarray, size: int = _CANDIDATE_SLICE) -> list[tuple[int, int]]:
+    """Slices of ``starts`` of about ``size`` that never cut a run, so candidates are built a slice at a time."""
+    slices, lo = [], 0
+    while lo < starts.size:
+        hi = min(lo + size, starts.size)
+        while hi < starts.size and starts[hi] == starts[hi - 1] + 1:
+            hi += 1
+        slices.append((lo, hi))
+        lo = hi
+    return slices
 
 
 def near_pairs(hashes: np.ndarray, max_distance: int, plan: BlockPlan | None = None) -> np.ndarray:
