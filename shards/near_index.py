@@ -16,8 +16,8 @@ keys. With ``k < m - d`` far fewer keys can do: a greedy covering, built once pe
 keys for the number of hashes given: every key costs a sort of ``n`` words, every
 candidate pair two random reads and a popcount, so more hashes call for longer
 keys, hence more of them. The number of keys therefore grows with ``n`` (for d = 4:
-21 at 1M hashes, 27 at 10M), and so does the time per hash: no exact method of
-this family is linear in ``n`` (see ``bench/near_dup_bench.py``).
+21 keys up to 10M hashes, 32 at 30M, 38 at 100M, 51 at 1B), and so does the time per
+hash: no exact method of this family is linear in ``n`` (see ``bench/near_dup_bench.py``).
 
 The streaming steps of a pass (building the sort words, finding equal neighbours)
 run over cache-sized slices; the sort itself is numpy's, whose time per element
@@ -45,7 +45,7 @@ from shards.phash import PHASH_BITS
 MAX_DISTANCE = 16
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)  # odd multiplier for multiplicative hashing
 _PASS_COST = 1.0  # relative cost of one element in one bucketing pass (a sort of n words)
-_CANDIDATE_COST = 4.0  # relative cost of generating and verifying one candidate pair
+_CANDIDATE_COST = 6.0  # relative cost of one candidate pair (built, two random reads, popcount): 2..8 measured
 _MAX_EXTRA_BLOCKS = 12  # m ranges over d+1 .. d+1+_MAX_EXTRA_BLOCKS
 _COVER_TABLE_LIMIT = 4_000_000  # largest (keys x d-sets) table a greedy covering is built from
 _COVER_MIN_HASHES = 1 << 18  # below this, building a covering (up to ~0.1 s) costs more than it saves
