@@ -1,8 +1,10 @@
 """Read the shards stage's input: scored parts (+ embeddings), or crawl parts with --no-filter.
 
-Pass 1 (:func:`load_candidates`) reads every column but the image bytes, so
-dedup decisions need memory for metadata only; pass 2 (:func:`iter_rows`)
-re-reads one part at a time, with images, for the rows to write.
+Pass 1 (:func:`load_candidates`) reads only the columns that decisions need
+(:data:`DECISION_COLUMNS`: URLs, hashes, status, caption, licence, score, size,
+faces, chrome), so the long text columns (context, page title, candidates) and the
+images stay on disk; pass 2 (:func:`iter_rows`) re-reads one part at a time, with
+every column and the images, for the rows to write.
 """
 
 from __future__ import annotations
@@ -28,7 +30,16 @@ log = logging.getLogger(__name__)
 
 PART_COLUMN = "_part"
 ROW_COLUMN = "_row"
-META_SCHEMA = pa.schema([f for f in SCORED_SCHEMA if f.name != "image"])
+#: The columns pass 1 holds in memory for every candidate: what the drop decisions, the dedup
+#: survivor order, the ledger and the dedup log read. At 10M rows they take ~1.5 GB where every
+#: column but the image took ~6 GB (bench/shards_scale_bench.py).
+DECISION_COLUMNS = (
+    "url", "final_url", "page_url", "status", "kept", "filter_reason", "sha256", "phash", "fetched_at",
+    "license", "clip_score", "original_width", "original_height", "caption", "caption_source", "chrome", "face_bboxes",
+)
+#: The crawl columns pass 1 needs to turn crawl rows into scored ones (--no-filter).
+_CRAWL_DECISION_COLUMNS = tuple(c for c in DECISION_COLUMNS if c in CRAWL_SCHEMA.names) + ("alt", "caption_in")
+META_SCHEMA = pa.schema([f for f in SCORED_SCHEMA if f.name in DECISION_COLUMNS])
 
 
 @dataclass
@@ -36,7 +47,7 @@ class Candidates:
     """Rows that may become samples (status ok and kept), without image bytes."""
 
     parts: list[Path]
-    meta: pa.Table  # META_SCHEMA columns + _part (int32) + _row (int64), in input order
+    meta: pa.Table  # META_SCHEMA columns (the decisions') + _part (int32) + _row (int64), in input order
     embeddings: np.ndarray | None  # row-aligned with meta, when requested
     input_rows: int = 0
     status: dict[str, int] = field(default_factory=dict)  # every input row by status
@@ -88,12 +99,14 @@ def crawl_to_scored(table: pa.Table, page_counts: PageCounts | None = None) -> p
 
 
 def _input_columns(names: list[str], no_filter: bool, with_image: bool) -> list[str]:
+    """The columns of a part to read: every one with the image (pass 2), the decisions' without (pass 1)."""
     source = CRAWL_SCHEMA if no_filter else SCORED_SCHEMA
-    return [n for n in names if n in source.names and (with_image or n != "image")]
+    wanted = source.names if with_image else (_CRAWL_DECISION_COLUMNS if no_filter else DECISION_COLUMNS)
+    return [n for n in names if n in source.names and n in wanted]
 
 
 def read_part(path: Path, no_filter: bool, with_image: bool, page_counts: PageCounts | None = None) -> pa.Table:
-    """One input part as scored rows (META_SCHEMA, plus ``image`` if ``with_image``)."""
+    """One input part as scored rows: with ``with_image``, every column (SCORED_SCHEMA); else META_SCHEMA's."""
     pf = pq.ParquetFile(path, memory_map=True)
     table = pf.read(columns=_input_columns(pf.schema_arrow.names, no_filter, with_image))
     return _as_scored(table, no_filter, with_image, page_counts)
@@ -101,7 +114,7 @@ def read_part(path: Path, no_filter: bool, with_image: bool, page_counts: PageCo
 
 def _as_scored(table: pa.Table, no_filter: bool, with_image: bool, page_counts: PageCounts | None = None) -> pa.Table:
     if no_filter:
-        crawl = pa.schema([f for f in CRAWL_SCHEMA if with_image or f.name != "image"])
+        crawl = CRAWL_SCHEMA if with_image else pa.schema([f for f in CRAWL_SCHEMA if f.name in _CRAWL_DECISION_COLUMNS])
         table = crawl_to_scored(conform(table, crawl), page_counts)
     return conform(table, SCORED_SCHEMA if with_image else META_SCHEMA)
 
