@@ -14,7 +14,7 @@ Made for the GIMP manual (Debian's gimp-help-en) served by bench/serve_dir.py; b
 after a change of crawler/extract.py:
 
     python bench/serve_dir.py /usr/share/gimp/2.0/help/en --port 8765 &
-    flock /tmp/capcrawl-cpu.lock python -m crawler crawl http://127.0.0.1:8765/index.html --work W \\
+    flock /tmp/capcrawl-cpu.lock python -m capcrawl crawl http://127.0.0.1:8765/index.html --work W \\
         --allow-private-addresses --max-pages 2000 --max-depth 10
 """
 

@@ -28,6 +28,7 @@ trap stop_nginx EXIT
 start_nginx
 
 RES="$BENCH_DIR/memory_bench.jsonl"
+mkdir -p "$BENCH_DIR/runs"
 : >"$RES"
 for n in $SIZES; do
     work="$BENCH_DIR/runs/mem-$n"
