@@ -368,12 +368,40 @@ def _fail(res: ImageResult, status: Status, error: str) -> ImageResult:
     return res
 
 
-def init_worker() -> None:
+def init_worker(owner: int | None = None) -> None:
     """Worker-process start: leave Ctrl-C to the crawl process, which stops gracefully and
-    still needs its workers to finish the images in flight."""
+    still needs its workers to finish the images in flight; and end with ``owner`` (the crawl
+    process's pid).
+
+    A worker's parent is the fork server, not the crawl process, so nothing tells it when the
+    crawl process is killed (``kill -9``, the OOM killer): it would wait for its next task
+    forever, and hold the fork server alive with it. A daemon thread looks once a second.
+    """
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if owner is not None:
+        import threading
+
+        threading.Thread(target=_exit_without, args=(owner,), name="owner-watch", daemon=True).start()
+
+
+#: Seconds between a worker's checks that its crawl process is still there.
+OWNER_CHECK_S = 1.0
+
+
+def _exit_without(owner: int) -> None:
+    import os
+    import time
+
+    while True:
+        time.sleep(OWNER_CHECK_S)
+        try:
+            os.kill(owner, 0)
+        except ProcessLookupError:
+            os._exit(0)  # the crawl process is gone: its results have nowhere to go
+        except PermissionError:
+            pass  # a process of that pid exists
 
 
 def warm_up() -> None:

@@ -6,6 +6,7 @@ import asyncio
 import concurrent.futures as cf
 import hashlib
 import logging
+import os
 from concurrent.futures.process import BrokenProcessPool
 from datetime import datetime, timezone
 from pathlib import Path
@@ -179,7 +180,7 @@ class PoolBatcher:
 
     @staticmethod
     def _new_pool(workers: int) -> cf.ProcessPoolExecutor:
-        pool = cf.ProcessPoolExecutor(workers, mp_context=worker_context(), initializer=init_worker)
+        pool = cf.ProcessPoolExecutor(workers, mp_context=worker_context(), initializer=init_worker, initargs=(os.getpid(),))
         widen_pool_pipes(pool, POOL_PIPE_BYTES)
         for _ in range(workers):  # start the workers now, while robots.txt and the first pages download
             pool.submit(warm_up)

@@ -323,6 +323,56 @@ def _resume_site(site, pages: int = 40, per_page: int = 5) -> set[str]:
     return expected
 
 
+def _descendants(pid: int) -> list[int]:
+    """Every live descendant of ``pid`` (from /proc)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie waiting for its parent counts as gone)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads processes from /proc")
+def test_kill_9_leaves_no_worker_behind(tmp_path, site):
+    """A crawl process killed with -9 can tell nobody: its image workers (children of the fork
+    server, not of it) notice that it is gone and exit, and the fork server follows them."""
+    slow = site.add("/slow.jpg", jpeg(pattern=1), content_type=IMG, delay=60.0)
+    urls = [site.add(f"/img/{i}.jpg", jpeg(pattern=i + 2), content_type=IMG) for i in range(4)] + [slow]
+    (tmp_path / "list.txt").write_text("\n".join(urls) + "\n")
+    proc = subprocess.Popen([sys.executable, "-m", "capcrawl", "-q", "download", str(tmp_path / "list.txt"), "--work",
+                             str(tmp_path / "w"), "--allow-private-addresses", "--image-workers", "2"],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while not site.requested("/slow.jpg") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        helpers = _descendants(proc.pid)  # the fork server and the image workers it forked
+        assert len(helpers) >= 3, helpers
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+    deadline = time.monotonic() + 30
+    while (alive := [p for p in helpers if _alive(p)]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not alive, f"left behind after kill -9: {alive} of {helpers}"
+
+
 def test_interrupt_then_kill_then_resume_records_each_image_once(tmp_path, site):
     expected = _resume_site(site)
     args = ["crawl", site.url("/p/0.html"), "--work", str(tmp_path), "--allow-private-addresses", "--max-depth", "100",
