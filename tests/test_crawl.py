@@ -520,6 +520,20 @@ def test_deadline_stops_the_run_and_a_rerun_finishes(tmp_path, site):
     assert len(rows) == 20 and all(r["status"] == "ok" for r in rows.values())
 
 
+def test_a_url_list_waits_for_room_instead_of_filling_the_scheduler(tmp_path, site):
+    """While the downloader is full, the list is not read ahead: stopped by --deadline, the run
+    leaves a handful of requests pending, not the rest of the list (Scrapy takes start requests
+    back to back while its engine needs backing out)."""
+    urls = [site.add(f"/img/{i}.jpg", jpeg(pattern=i % 7 + 1), content_type=IMG, delay=0.2) for i in range(400)]
+    (tmp_path / "list.txt").write_text("\n".join(urls) + "\n")
+    run_cli("download", str(tmp_path / "list.txt"), "--work", str(tmp_path / "w"), "--allow-private-addresses",
+            "--concurrency", "2", "--per-host-concurrency", "2", "--no-autothrottle", "--deadline", "2", check=True)
+    stats = json.loads((tmp_path / "w" / "crawl" / "stats.json").read_text())
+    assert stats["finish_reason"] == "closespider_timeout"
+    assert stats["images_total"] < 400, "the run ended before the deadline: nothing was left to read ahead"
+    assert stats["pending"] <= 8, stats["pending"]
+
+
 def test_robots_crawl_delay_is_honoured(tmp_path, site):
     site.add("/robots.txt", "User-agent: *\nCrawl-delay: 1\n", content_type="text/plain")
     _one_page_of_images(site, 4)

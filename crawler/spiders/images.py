@@ -7,6 +7,7 @@ as a row; pages end as counted statuses in the journal and stats.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from collections import defaultdict, deque
@@ -34,12 +35,15 @@ from ..journal import PageEntry, PageJournal, image_page_counts, load_done_urls
 from ..optout import OptOut
 from ..optout_middleware import response_opt_out
 from ..stats import SKIPPED, write_crawl_stats
+from ..upstream import engine_closing
 from ..urllist import iter_url_list
 
 log = logging.getLogger(__name__)
 
 #: Images go before new pages: finish what was found before exploring further.
 IMAGE_PRIORITY = 10
+#: Seconds between looks at the engine while it can take no more start requests.
+BACKOUT_POLL_S = 0.005
 _IMAGE_LINK = re.compile(r"\.(jpe?g|png|gif|webp|avif|bmp|tiff?|svg)$", re.IGNORECASE)
 
 
@@ -178,7 +182,17 @@ class ImagesSpider(scrapy.Spider):
     # --- pages ---------------------------------------------------------------------
 
     async def start(self) -> AsyncIterator[Any]:
+        engine = self.crawler.engine
         for request in self._start_requests():
+            # Scrapy takes start requests back to back, without waiting, while the engine
+            # needs backing out (its downloader full, or the item pipeline behind, as when the
+            # image workers are slower than the network): a URL list would then go into the
+            # scheduler's memory whole (1.9 GB for a million URLs). So wait for room first;
+            # once the engine is closing (a deadline, Ctrl-C), the rest waits for a rerun.
+            while engine.needs_backout():
+                if engine_closing(self.crawler):
+                    return
+                await asyncio.sleep(BACKOUT_POLL_S)
             yield request
 
     def _start_requests(self) -> Iterator[scrapy.Request]:
