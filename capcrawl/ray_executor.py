@@ -237,16 +237,11 @@ def pool_size(config: FilterConfig, resources: dict[str, float], parts: int) -> 
 
 def filter_parts(config: FilterConfig) -> dict[str, Any]:
     """Score WORK/crawl's unfinished parts on a pool of Ray actors; returns WORK/scored/stats.json."""
-    from common.fileio import remove_stale_temps
-    from common.layout import emb_name, list_parts
-    from filter.stage import collect_stats, part_done, select_parts, write_done_marker
+    from filter.stage import collect_stats, unfinished_parts, write_done_marker
 
     config.check_inputs()
     started = time.monotonic()
-    parts = select_parts(list_parts(config.crawl_dir), config.shard_index, config.num_shards)
-    mine = {p.name for p in parts} | {emb_name(p) for p in parts}
-    remove_stale_temps(config.scored_dir, lambda final: final in mine)
-    todo = [p for p in parts if not part_done(config, p)]
+    parts, todo = unfinished_parts(config)
     rows = texts = actors = 0
     if todo:
         with ray_cluster(config.ray_address) as ray:

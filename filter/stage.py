@@ -476,10 +476,6 @@ class FilterStage:
 
     # --- running over the work directory ---------------------------------------------
 
-    def is_done(self, part: Path) -> bool:
-        """A part is done when its scored output (and embeddings, if wanted) exist."""
-        return part_done(self.config, part)
-
     def write_part(self, scored: "ScoredPart") -> int:
         """Write one part's outputs: embeddings first, the scored part last (it marks the part done)."""
         part, table, emb = scored.path, scored.table(), scored.embeddings
@@ -502,10 +498,7 @@ class FilterStage:
         numpy release the GIL while writing).
         """
         cfg = self.config
-        parts = select_parts(list_parts(cfg.crawl_dir), cfg.shard_index, cfg.num_shards)
-        mine = {p.name for p in parts} | {emb_name(p) for p in parts}
-        remove_stale_temps(cfg.scored_dir, lambda final: final in mine)  # a killed run's half-written outputs
-        todo = [p for p in parts if not self.is_done(p)]
+        parts, todo = unfinished_parts(cfg)
         for part in parts:
             if part not in todo:
                 log.info("skipping %s: already scored", part.name)
@@ -545,6 +538,15 @@ def _language_model() -> LanguageOf | None:
         log.warning("caption languages are not recorded: %s", e)
         return None
     return LanguageOf()
+
+
+def unfinished_parts(config: FilterConfig) -> tuple[list[Path], list[Path]]:
+    """This machine's crawl parts, and those of them not scored yet; a killed run's half-written
+    outputs of these parts are removed first."""
+    parts = select_parts(list_parts(config.crawl_dir), config.shard_index, config.num_shards)
+    mine = {p.name for p in parts} | {emb_name(p) for p in parts}
+    remove_stale_temps(config.scored_dir, lambda final: final in mine)
+    return parts, [p for p in parts if not part_done(config, p)]
 
 
 def part_done(config: FilterConfig, part: Path) -> bool:
