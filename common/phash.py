@@ -55,13 +55,34 @@ def phash_of_file(path: str | Path) -> str:
         return perceptual_hash(ImageOps.exif_transpose(im))
 
 
-def hex_to_uint64(values: Iterable[str | None]) -> tuple[np.ndarray, np.ndarray]:
-    """Parse hex pHashes into ``(uint64 array, valid mask)``; null or malformed -> valid False."""
-    items = [v if isinstance(v, str) and len(v) == _HEX_DIGITS else "0" * _HEX_DIGITS for v in values]
+def hex_to_uint64(values: "Iterable[str | None] | pyarrow.Array | pyarrow.ChunkedArray") -> tuple[np.ndarray, np.ndarray]:  # noqa: F821
+    """Parse hex pHashes into ``(uint64 array, valid mask)``; null or malformed -> valid False.
+
+    An Arrow array is converted ``_SLICE`` values at a time, so a million hashes never
+    become a million Python strings at once.
+    """
+    if hasattr(values, "slice") and hasattr(values, "to_pylist"):  # an Arrow (chunked) array
+        parsed = [_parse_hex(values.slice(start, _SLICE).to_pylist()) for start in range(0, len(values), _SLICE)]
+        if not parsed:
+            return np.zeros(0, dtype=np.uint64), np.zeros(0, dtype=bool)
+        return np.concatenate([h for h, _ in parsed]), np.concatenate([v for _, v in parsed])
+    return _parse_hex(list(values))
+
+
+_SLICE = 1 << 16
+
+
+def _parse_hex(values: list[str | None]) -> tuple[np.ndarray, np.ndarray]:
     present = np.array([isinstance(v, str) and len(v) == _HEX_DIGITS for v in values], dtype=bool)
-    if not items:
-        return np.zeros(0, dtype=np.uint64), np.zeros(0, dtype=bool)
-    raw = np.frombuffer("".join(items).encode("ascii", errors="replace"), dtype=np.uint8)
+    if not values:
+        return np.zeros(0, dtype=np.uint64), present
+    joined = "".join(v if ok else "0" * _HEX_DIGITS for v, ok in zip(values, present.tolist()))
+    if joined.isascii() and joined.isalnum():  # the usual case; bytes.fromhex would skip whitespace
+        try:
+            return np.frombuffer(bytes.fromhex(joined), dtype=">u8").astype(np.uint64), present
+        except ValueError:  # a letter past f: parse digit by digit below to tell which rows
+            pass
+    raw = np.frombuffer(joined.encode("ascii", errors="replace"), dtype=np.uint8)
     nibbles = _NIBBLE[raw].reshape(-1, _HEX_DIGITS)
     valid = present & (nibbles != 255).all(axis=1)
     nibbles = np.where(valid[:, None], nibbles, 0).astype(np.uint64)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from common.phash import hex_to_uint64
@@ -26,12 +27,16 @@ from common.phash import hex_to_uint64
 _MIX_URL = np.uint64(0x9E3779B97F4A7C15)
 _MIX_TIME = np.uint64(0xC2B2AE3D27D4EB4F)
 ID_COLUMNS = ("url", "sha256", "fetched_at")
+_SLICE = 1 << 16  # rows whose URLs are Python strings at once
 
 
-def _url_hashes(urls: list[str | None]) -> np.ndarray:
+def _url_hashes(urls: "pa.ChunkedArray | list[str | None]") -> np.ndarray:
     """64-bit hashes of the URLs; stable within this process (Python's string hash), which is
     all the ledger needs: both sides are hashed afresh on every run."""
-    return np.fromiter((hash(u) & 0xFFFFFFFFFFFFFFFF if u is not None else 0 for u in urls), dtype=np.uint64, count=len(urls))
+    if isinstance(urls, list):
+        return np.fromiter((hash(u) & 0xFFFFFFFFFFFFFFFF if u is not None else 0 for u in urls), dtype=np.uint64, count=len(urls))
+    parts = [_url_hashes(urls.slice(start, _SLICE).to_pylist()) for start in range(0, len(urls), _SLICE)]
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint64)
 
 
 def record_ids(table: pa.Table) -> np.ndarray:
@@ -39,13 +44,13 @@ def record_ids(table: pa.Table) -> np.ndarray:
     n = table.num_rows
     if n == 0:
         return np.zeros(0, dtype=np.uint64)
-    sha_prefix, _ = hex_to_uint64([s[:16] if s else None for s in table.column("sha256").to_pylist()])
+    sha_prefix, _ = hex_to_uint64(pc.utf8_slice_codeunits(table.column("sha256"), 0, 16))
     if "fetched_at" in table.column_names:
         ms = table.column("fetched_at").cast(pa.int64()).fill_null(0).to_numpy(zero_copy_only=False).astype(np.uint64)
     else:
         ms = np.zeros(n, dtype=np.uint64)
     with np.errstate(over="ignore"):
-        return sha_prefix ^ (_url_hashes(table.column("url").to_pylist()) * _MIX_URL) ^ (ms * _MIX_TIME)
+        return sha_prefix ^ (_url_hashes(table.column("url")) * _MIX_URL) ^ (ms * _MIX_TIME)
 
 
 @dataclass
@@ -67,17 +72,18 @@ class Ledger:
     def __len__(self) -> int:
         return int(self.ids.size)
 
-    def contains(self, ids: np.ndarray, urls: list[str | None]) -> np.ndarray:
-        """Per query row: whether the ledger holds that record."""
+    def contains(self, ids: np.ndarray, urls: "pa.ChunkedArray | list[str | None]") -> np.ndarray:
+        """Per query row: whether the ledger holds that record (``urls``: the query rows' URLs)."""
         found = np.zeros(ids.size, dtype=bool)
         if not self.ids.size or not ids.size:
             return found
         pos = np.searchsorted(self.ids, ids)
         hit = np.flatnonzero((pos < self.ids.size) & (self.ids[np.minimum(pos, self.ids.size - 1)] == ids))
         for q in hit.tolist():  # confirm on the URL (equal ids are adjacent)
+            url = urls[q] if isinstance(urls, list) else urls[q].as_py()
             p = int(pos[q])
             while p < self.ids.size and self.ids[p] == ids[q]:
-                if self.urls[p] == urls[q]:
+                if self.urls[p] == url:
                     found[q] = True
                     break
                 p += 1

@@ -39,6 +39,21 @@ MANIFEST_FILE = "manifest.json"
 REMOVALS_FILE = "removals.jsonl"
 LOCK_FILE = ".capcrawl.lock"
 INDEX_COLUMNS = ("key", "url", "sha256", "phash", "fetched_at")
+#: OUT/dedup_log/run-NNNNN.parquet: one row per candidate a run dropped, and why.
+DEDUP_LOG_SCHEMA = pa.schema(
+    [
+        ("url", pa.string()),
+        ("sha256", pa.string()),
+        ("fetched_at", pa.timestamp("ms", tz="UTC")),
+        ("phash", pa.string()),
+        ("reason", pa.string()),  # a DropReason value
+        ("duplicate_of_key", pa.string()),  # the sample it duplicates (for dedup reasons)
+        ("duplicate_of_url", pa.string()),
+        ("detail", pa.string()),
+        ("part", pa.string()),  # the input part and row it came from
+        ("row", pa.int64()),
+    ]
+)
 _SHARD_TAR = re.compile(r"^(\d{5,})\.tar$")
 _SHARD_SIBLING = re.compile(r"^(\d{5,})(\.parquet|_stats\.json|\.npy)$")
 

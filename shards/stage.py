@@ -15,9 +15,10 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from common.chrome import PageCounts
-from common.fileio import atomic_write_parquet
+from common.fileio import atomic_path
 from common.layout import CRAWL_DIR, SCORED_DIR, STATS_FILE
 from common.records import DropReason, FaceAction
 from shards.blocklist import Blocklist
@@ -28,7 +29,7 @@ from shards.dedup import KEPT, HashSet, Verdicts, deduplicate, priority_rank
 from shards.inputs import PART_COLUMN, ROW_COLUMN, Candidates, embedding_dim, iter_rows, load_candidates
 from shards.manifest import update_manifest
 from shards.ledger import Ledger, dropped_records, ledger_of, record_ids, removed_records
-from shards.outdir import DEDUP_LOG_DIR, REMOVALS_FILE, clean_incomplete, list_shards, locked, next_shard_number, read_index, read_json
+from shards.outdir import DEDUP_LOG_DIR, DEDUP_LOG_SCHEMA, REMOVALS_FILE, clean_incomplete, list_shards, locked, next_shard_number, read_index, read_json
 from common.phash import hex_to_uint64
 from shards.writer import ShardWriter
 
@@ -55,7 +56,7 @@ def load_existing(out: Path, with_embeddings: bool) -> Existing:
     if not tables:
         return Existing([], [], HashSet(pa.array([], pa.string()), np.zeros(0, np.uint64), np.zeros(0, bool), None))
     index = pa.concat_tables(tables)
-    phash, valid = hex_to_uint64(index.column("phash").to_pylist())
+    phash, valid = hex_to_uint64(index.column("phash"))
     emb = _stack_index_embeddings(embs, [t.num_rows for t in tables]) if with_embeddings else None
     hashes = HashSet(index.column("sha256"), phash, valid, emb)
     return Existing(index.column("key").to_pylist(), index.column("url").to_pylist(), hashes, ledger_of(index))
@@ -67,12 +68,13 @@ def skip_decided(cands: Candidates, existing: Existing, out: Path) -> tuple[Cand
     A record published by an earlier (possibly killed) run, or dropped or taken down before,
     is not a candidate again: it is neither written twice nor counted as a duplicate of itself.
     """
-    if not cands.meta.num_rows:
+    decided_before = ledger_of(dropped_records(out, DEDUP_LOG_DIR), removed_records(out / REMOVALS_FILE))
+    if not cands.meta.num_rows or not (len(existing.published) or len(decided_before)):  # a first run into OUT
         return cands, 0, 0
     ids = record_ids(cands.meta)
-    urls = cands.meta.column("url").to_pylist()
+    urls = cands.meta.column("url")
     published = existing.published.contains(ids, urls)
-    decided = ledger_of(dropped_records(out, DEDUP_LOG_DIR), removed_records(out / REMOVALS_FILE)).contains(ids, urls)
+    decided = decided_before.contains(ids, urls)
     decided &= ~published
     if not (published.any() or decided.any()):
         return cands, 0, 0
@@ -88,7 +90,7 @@ def _stack_index_embeddings(embs: list[np.ndarray | None], sizes: list[int]) -> 
 
 
 def _candidate_hashes(cands: Candidates) -> HashSet:
-    phash, valid = hex_to_uint64(cands.meta.column("phash").to_pylist())
+    phash, valid = hex_to_uint64(cands.meta.column("phash"))
     return HashSet(cands.meta.column("sha256"), phash, valid, cands.embeddings)
 
 
@@ -190,39 +192,51 @@ def apply_face_policy(record: dict[str, Any], image: bytes, policy: str) -> byte
         raise RuntimeError(f"{record.get('url')}: image with faces does not decode for blurring") from None
 
 
+_LOG_SLICE = 1 << 16  # dropped rows per row group of the dedup log: a million drops never sit in memory twice
+
+
 def write_dedup_log(out: Path, run: int, cands: Candidates, verdicts: Verdicts, keys: list[str | None], existing: Existing) -> Path | None:
-    """OUT/dedup_log/run-NNNNN.parquet: one row per dropped candidate."""
-    dropped = [i for i, r in enumerate(verdicts.reason) if r is not None]
-    if not dropped:
+    """OUT/dedup_log/run-NNNNN.parquet: one row per dropped candidate, written a slice at a time."""
+    dropped = np.flatnonzero(~verdicts.kept)
+    if not dropped.size:
         return None
-    urls = cands.meta.column("url").to_pylist()
     n_old = len(existing.keys)
-
-    def target(i: int) -> tuple[str | None, str | None]:
-        node = int(verdicts.dup_of[i])
-        if node == KEPT:
-            return None, None
-        if node < n_old:
-            return existing.keys[node], existing.urls[node]
-        return keys[node - n_old], urls[node - n_old]
-
-    targets = [target(i) for i in dropped]
-    meta = cands.meta.take(pa.array(dropped, type=pa.int64()))
-    log_table = pa.table(
-        {
-            "url": meta.column("url"),
-            "sha256": meta.column("sha256"),
-            "fetched_at": meta.column("fetched_at"),
-            "phash": meta.column("phash"),
-            "reason": pa.array([verdicts.reason[i] for i in dropped], pa.string()),
-            "duplicate_of_key": pa.array([t[0] for t in targets], pa.string()),
-            "duplicate_of_url": pa.array([t[1] for t in targets], pa.string()),
-            "detail": pa.array([verdicts.detail[i] for i in dropped], pa.string()),
-            "part": pa.array([cands.parts[p].name for p in meta.column(PART_COLUMN).to_pylist()], pa.string()),
-            "row": meta.column(ROW_COLUMN),
-        }
-    )
-    return atomic_write_parquet(log_table, out / DEDUP_LOG_DIR / f"run-{run:05d}.parquet")
+    urls = cands.meta.column("url")
+    part_names = pa.array([p.name for p in cands.parts], pa.string())
+    path = out / DEDUP_LOG_DIR / f"run-{run:05d}.parquet"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        with pq.ParquetWriter(tmp, DEDUP_LOG_SCHEMA, compression="zstd") as writer:
+            for start in range(0, dropped.size, _LOG_SLICE):
+                rows = dropped[start : start + _LOG_SLICE]
+                nodes = verdicts.dup_of[rows]
+                new = nodes >= n_old
+                new_urls = urls.take(pa.array(np.where(new, nodes - n_old, 0))).to_pylist()
+                target_key, target_url = [], []
+                for j, node in enumerate(nodes.tolist()):
+                    if node == KEPT:
+                        target_key.append(None), target_url.append(None)
+                    elif node < n_old:
+                        target_key.append(existing.keys[node]), target_url.append(existing.urls[node])
+                    else:
+                        target_key.append(keys[node - n_old]), target_url.append(new_urls[j])
+                meta = cands.meta.take(pa.array(rows))
+                writer.write_table(pa.table(
+                    {
+                        "url": meta.column("url"),
+                        "sha256": meta.column("sha256"),
+                        "fetched_at": meta.column("fetched_at"),
+                        "phash": meta.column("phash"),
+                        "reason": pa.array([verdicts.reason[i] for i in rows.tolist()], pa.string()),
+                        "duplicate_of_key": pa.array(target_key, pa.string()),
+                        "duplicate_of_url": pa.array(target_url, pa.string()),
+                        "detail": pa.array([verdicts.detail[i] for i in rows.tolist()], pa.string()),
+                        "part": part_names.take(meta.column(PART_COLUMN)),
+                        "row": meta.column(ROW_COLUMN),
+                    },
+                    schema=DEDUP_LOG_SCHEMA,
+                ))
+    return path
 
 
 def _stage_stats(config: ShardsConfig) -> dict[str, Any]:

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -57,6 +58,22 @@ def test_hex_round_trip_and_invalid_values():
     assert valid.tolist() == [True, True, False, False, True]
     assert uint64_to_hex(hashes[1]) == "0123456789abcdef"
     assert int(hamming(hashes[0], hashes[4])) == 63
+
+
+def test_hex_parsing_of_arrow_columns_in_slices_matches_the_list_path():
+    """A column longer than one slice, with nulls, bad digits, whitespace and wrong lengths in it,
+    parses to what the plain (digit by digit) path gives."""
+    rng = np.random.default_rng(7)
+    values = [f"{int(v):016x}" for v in rng.integers(0, np.iinfo(np.uint64).max, 70_000, dtype=np.uint64, endpoint=True)]
+    for i, bad in [(5, None), (70, "0123 56789abcdef"), (69_999, "g123456789abcdef"), (300, "abc"), (301, "ABCDEF0123456789")]:
+        values[i] = bad
+    column = pa.chunked_array([values[:30_000], values[30_000:]], pa.string())
+    hashes, valid = hex_to_uint64(column)
+    assert hashes.size == valid.size == len(values)
+    assert valid[[5, 70, 69_999, 300]].tolist() == [False] * 4 and valid[301] and valid.sum() == len(values) - 4
+    assert hashes[301] == np.uint64(0xABCDEF0123456789) and hashes[[5, 70, 300]].tolist() == [0, 0, 0]
+    expected = [int(v, 16) if ok else 0 for v, ok in zip(values, valid.tolist())]
+    assert hashes.tolist() == expected
 
 
 @pytest.mark.parametrize("distance", [0, 1, 4, 8, 16])
