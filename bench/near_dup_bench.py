@@ -10,9 +10,12 @@ pairs found, the recall of the planted pairs (each planted pair is brute-force
 close by construction) and that every pair found is within the distance.
 
 ``--sizes`` are measured with the current :func:`shards.near_index.near_pairs`;
-at ``--compare-sizes`` the baseline (the algorithm before covering designs, copied
-below) and the current one are alternated ``--rounds`` times on the same hashes and
-the old/new ratio of the median times is reported, with time(10x n)/time(n).
+at ``--compare-sizes`` the baseline and the current one are alternated ``--rounds``
+times on the same hashes and the old/new ratio of the median times is reported, with
+time(10x n)/time(n). The baseline is the algorithm before covering designs (copied
+below), or with ``--baseline REV`` the ``shards/near_index.py`` of that git revision:
+
+    .venv/bin/python bench/near_dup_bench.py --sizes --compare-sizes 1000000 10000000 --rounds 5 --baseline 8fe3d5f
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import statistics
 import subprocess
 import sys
 import time
+import types
 from dataclasses import dataclass
 from itertools import combinations
 from pathlib import Path
@@ -159,20 +163,31 @@ def _current_rss_mib() -> float:
         return int(f.read().split()[1]) * resource.getpagesize() / 2**20
 
 
-def measure(n: int, distance: int, planted_fraction: float, seed: int, algo: str) -> dict:
+def baseline_module(rev: str) -> types.ModuleType:
+    """``shards/near_index.py`` as of git revision ``rev``, loaded as a module of its own."""
+    repo = Path(__file__).resolve().parents[1]
+    source = subprocess.run(["git", "-C", str(repo), "show", f"{rev}:shards/near_index.py"], check=True, capture_output=True, text=True).stdout
+    module = types.ModuleType("baseline_near_index")
+    sys.modules[module.__name__] = module  # dataclasses look their module up
+    exec(compile(source, f"{rev}:shards/near_index.py", "exec"), module.__dict__)
+    return module
+
+
+def measure(n: int, distance: int, planted_fraction: float, seed: int, algo: str, baseline: str | None = None) -> dict:
     """One run in this process: generate, search, check."""
     start = time.perf_counter()
     hashes, planted = synthetic_hashes(n, planted_fraction, distance, seed)
     generate_s = time.perf_counter() - start
     rss_before = _current_rss_mib()
-    search = old_near_pairs if algo == "old" else near_pairs
+    module = baseline_module(baseline) if algo == "old" and baseline else None
+    search = module.near_pairs if module else old_near_pairs if algo == "old" else near_pairs
     start = time.perf_counter()
     found = search(hashes, distance)
     elapsed = time.perf_counter() - start
-    plan = _old_plan(n, distance) if algo == "old" else None
-    new_plan = plan_blocks(n, distance)
+    plan = _old_plan(n, distance) if algo == "old" and not module else None
+    new_plan = (module.plan_blocks if module else plan_blocks)(n, distance)
     return {
-        "algo": algo,
+        "algo": algo if not module else f"{algo} ({baseline})",
         "n": n,
         "distance": distance,
         "keys": len(plan[1]) if plan else len(new_plan.masks()),
@@ -191,6 +206,8 @@ def measure(n: int, distance: int, planted_fraction: float, seed: int, algo: str
 def run_fresh(n: int, args: argparse.Namespace, algo: str) -> dict:
     """:func:`measure` in a fresh Python process."""
     cmd = [sys.executable, __file__, "--worker", "--algo", algo, "--n", str(n), "--distance", str(args.distance), "--planted", str(args.planted), "--seed", str(args.seed)]
+    if args.baseline:
+        cmd += ["--baseline", args.baseline]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     result = json.loads(out.strip().splitlines()[-1])
     log.info(json.dumps(result))
@@ -227,13 +244,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--distance", type=int, default=4)
     parser.add_argument("--planted", type=float, default=0.01, help="fraction of hashes that are planted copies")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--baseline", metavar="REV", help="compare against shards/near_index.py of this git revision")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--algo", choices=["old", "new"], default="new", help=argparse.SUPPRESS)
     parser.add_argument("--n", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
-        print(json.dumps(measure(args.n, args.distance, args.planted, args.seed, args.algo)))
+        print(json.dumps(measure(args.n, args.distance, args.planted, args.seed, args.algo, args.baseline)))
         return {}
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     results = {"sizes": [run_fresh(n, args, "new") for n in args.sizes]}

@@ -19,19 +19,13 @@ keys, hence more of them. The number of keys therefore grows with ``n`` (for d =
 21 keys up to 10M hashes, 32 at 30M, 38 at 100M, 51 at 1B), and so does the time per
 hash: no exact method of this family is linear in ``n`` (see ``bench/near_dup_bench.py``).
 
-Past ``4 * partition_size`` hashes the keys are grouped by a block each contains
-(greedy), and for every group of at least ``_MIN_GROUP_KEYS`` keys the hashes are
-first partitioned by the top bits of that block (a stable radix argsort of one byte
-and one gather): two hashes can only be candidates on a key when they agree on all of
-its bits, that block's included, so every key of the group is then searched one
-cache-sized partition at a time, and exactly. This keeps the sorts and the candidate
-reads in cache, which is what made 10M hashes cost 13x the time of 1M. Keys left
-over run on the whole array, as do all keys for small inputs, with the streaming
-steps (building the sort words, finding equal neighbours) done over cache-sized
-slices. Memory: the hashes, the partitioned copy and its order (24 bytes per hash),
-plus one partition's sort words and candidates. Output is every pair within ``d``,
-so a cluster of ``L`` mutually close hashes yields ``L*(L-1)/2`` pairs: callers
-should collapse identical hashes first (see :func:`shards.dedup`).
+The streaming steps of a pass (building the sort words, finding equal neighbours)
+run over cache-sized slices; the sort itself is numpy's, whose time per element
+barely changes from 1M to 30M words. Memory: the hashes, one array of ``n``
+uint64 sort words and the candidates of one key (about 16 bytes per hash).
+Output is every pair within ``d``, so a cluster of ``L`` mutually close hashes
+yields ``L*(L-1)/2`` pairs: callers should collapse identical hashes first (see
+:func:`shards.dedup`).
 
 This module knows nothing of images: the hash function lives in
 :mod:`common.phash`, the choice of survivors in :mod:`shards.dedup`.
@@ -58,9 +52,6 @@ _COVER_MIN_HASHES = 1 << 18  # below this, building a covering (up to ~0.1 s) co
 _CHUNK = 1 << 17  # words per slice of the streaming steps (1 MiB of uint64; 2**13..2**17 measured, larger was faster)
 _CANDIDATE_SLICE = 1 << 20  # run starts whose candidate pairs are built and verified together
 _PAIR_SHIFT = np.uint64(32)  # pairs are encoded as i << 32 | j while they are collected
-_PARTITION_SIZE = 1 << 16  # hashes per partition (2**15..2**18 measured at 10M; 2**16 was fastest)
-_MIN_GROUP_KEYS = 3  # a partition pass costs about two sort passes, a key searched by partition saves ~half of one
-_PARTITION_MAX_BITS = 8  # partitions are told apart by one byte (numpy's argsort of uint8 is a radix sort)
 
 
 def validate_distance(max_distance: int) -> int:
@@ -243,7 +234,7 @@ def _pack(hashes: np.ndarray, mask: np.uint64, idx_mask: np.uint64, scratch: _Sc
     high = ~idx_mask
     for start in range(0, hashes.size, _CHUNK):
         stop = min(start + _CHUNK, hashes.size)
-        out = scratch.packed[start:stop]  # the scratch may be longer than this (partition's) hashes
+        out = scratch.packed[start:stop]
         np.bitwise_and(hashes[start:stop], mask, out=out)
         out *= _GOLDEN
         out &= high
@@ -287,7 +278,7 @@ def _position_pairs(starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def _close_pairs_on_key(hashes: np.ndarray, mask: np.uint64, max_distance: int, idx_bits: int, scratch: _Scratch) -> np.ndarray:
     """Pairs ``i << 32 | j`` (``i < j``) of hashes that agree on ``mask`` and are within ``max_distance``."""
     idx_mask = np.uint64((1 << idx_bits) - 1)
-    packed = scratch.packed[: hashes.size]
+    packed = scratch.packed
     _pack(hashes, mask, idx_mask, scratch)
     packed.sort()
     starts = _run_starts(packed, idx_mask, scratch)
@@ -317,47 +308,11 @@ def _run_slices(starts: np.ndarray, size: int = _CANDIDATE_SLICE) -> list[tuple[
     return slices
 
 
-def _key_groups(plan: BlockPlan, n: int, partition_size: int) -> list[tuple[tuple[int, int] | None, list[np.uint64]]]:
-    """Keys grouped by the bits ``(shift, width)`` their hashes are partitioned on first (None: not partitioned).
-
-    A block is chosen greedily as the one most of the remaining keys contain, until
-    the best block is in fewer than ``_MIN_GROUP_KEYS`` of them: those go unpartitioned.
-    """
-    masks = plan.masks()
-    bits = min(_PARTITION_MAX_BITS, max(0, math.ceil(math.log2(n / partition_size)))) if n > 4 * partition_size else 0
-    left = list(range(len(masks)))
-    groups: list[tuple[tuple[int, int] | None, list[np.uint64]]] = []
-    keys = plan.key_blocks()
-    while left and bits:
-        counts = [sum(b in keys[i] for i in left) for b in range(len(plan.blocks))]
-        block = int(np.argmax(counts))  # first of the most shared: deterministic
-        if counts[block] < _MIN_GROUP_KEYS:
-            break
-        shift, width = plan.blocks[block]
-        part = min(bits, width)
-        groups.append(((shift + width - part, part), [masks[i] for i in left if block in keys[i]]))
-        left = [i for i in left if block not in keys[i]]
-    if left:
-        groups.append((None, [masks[i] for i in left]))
-    return groups
-
-
-def _partition(hashes: np.ndarray, shift: int, width: int, out: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Put ``hashes`` in ``out`` ordered by bits ``shift..shift+width`` (stable); return the order and partition bounds."""
-    value = ((hashes >> np.uint64(shift)) & np.uint64((1 << width) - 1)).astype(np.uint8)
-    order = np.argsort(value, kind="stable")  # radix sort for one byte: linear in n
-    bounds = np.concatenate([[0], np.cumsum(np.bincount(value, minlength=1 << width))])
-    del value
-    np.take(hashes, order, out=out)
-    return order, bounds
-
-
-def near_pairs(hashes: np.ndarray, max_distance: int, plan: BlockPlan | None = None, *, partition_size: int = _PARTITION_SIZE) -> np.ndarray:
+def near_pairs(hashes: np.ndarray, max_distance: int, plan: BlockPlan | None = None) -> np.ndarray:
     """All index pairs ``(i, j)``, ``i < j``, with Hamming distance <= ``max_distance``.
 
     Returns an ``(P, 2)`` int64 array sorted by ``(i, j)``. A ``plan`` given by the caller
-    is used as is (its ``max_distance`` decides which pairs are close). ``partition_size``
-    (hashes per partition) only changes the speed, never the result.
+    is used as is (its ``max_distance`` decides which pairs are close).
     """
     hashes = np.ascontiguousarray(hashes, dtype=np.uint64)
     n = hashes.size
@@ -366,30 +321,10 @@ def near_pairs(hashes: np.ndarray, max_distance: int, plan: BlockPlan | None = N
     if n > 1 << 32:
         raise ValueError(f"near_pairs handles at most 2**32 hashes, got {n}; split the input by block value")
     plan = plan or plan_blocks(n, max_distance)
-    d = plan.max_distance
-    groups = _key_groups(plan, n, max(1, int(partition_size)))
-    found: list[np.ndarray] = []
-    for bits, masks in groups:
-        if bits is None:
-            scratch = _Scratch.for_size(n)
-            found.extend(_close_pairs_on_key(hashes, mask, d, _index_bits(n), scratch) for mask in masks)
-            continue
-        moved = np.empty_like(hashes)
-        order, bounds = _partition(hashes, *bits, moved)
-        scratch = _Scratch.for_size(int(np.diff(bounds).max()))
-        for lo, hi in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
-            if hi - lo < 2:
-                continue
-            local = moved[lo:hi]
-            for mask in masks:
-                pairs = _close_pairs_on_key(local, mask, d, _index_bits(hi - lo), scratch)
-                if pairs.size:  # back to the caller's indexes; the partition kept their order, so i < j still
-                    first = order[lo + (pairs >> _PAIR_SHIFT).view(np.int64)].view(np.uint64)
-                    second = order[lo + (pairs & np.uint64(0xFFFFFFFF)).view(np.int64)].view(np.uint64)
-                    found.append((first << _PAIR_SHIFT) | second)
-        del moved, order
-    if not found:
-        return np.zeros((0, 2), dtype=np.int64)
+    idx_bits = _index_bits(n)
+    scratch = _Scratch.for_size(n)
+    found = [_close_pairs_on_key(hashes, mask, plan.max_distance, idx_bits, scratch) for mask in plan.masks()]
+    del scratch
     pairs = np.unique(np.concatenate(found))
     low = np.uint64(0xFFFFFFFF)
     return np.stack([(pairs >> _PAIR_SHIFT).astype(np.int64), (pairs & low).astype(np.int64)], axis=1)

@@ -224,3 +224,22 @@ def test_resize_modes_and_formats(engine, opts, size):
     assert r.status == "ok"
     assert (r.width, r.height) == size == Image.open(io.BytesIO(r.image)).size
     assert Image.open(io.BytesIO(r.image)).format == imageproc.IMAGE_FORMATS[opts.image_format]
+
+
+def _own_niceness() -> int:
+    import os
+
+    return os.getpriority(os.PRIO_PROCESS, 0)
+
+
+def test_image_workers_run_below_the_crawl_process():
+    """A worker started the crawl's way yields the cores to the crawl process's event loop."""
+    import multiprocessing
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+
+    mine = os.getpriority(os.PRIO_PROCESS, 0)
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(1, mp_context=ctx, initializer=imageproc.init_worker, initargs=(os.getpid(),)) as pool:
+        theirs = pool.submit(_own_niceness).result(timeout=60)
+    assert theirs == min(19, mine + imageproc.WORKER_NICE)

@@ -12,7 +12,6 @@ from shards.near_index import (
     MAX_DISTANCE,
     BlockPlan,
     _greedy_cover,
-    _key_groups,
     _uncovered,
     near_pairs,
     near_pairs_between,
@@ -103,30 +102,6 @@ def test_every_spoiled_block_set_is_found():
     found = near_pairs(hashes, 4, plan)
     expected = np.stack([np.arange(0, hashes.size, 2), np.arange(1, hashes.size, 2)], axis=1)
     assert np.array_equal(found, expected)
-
-
-@pytest.mark.parametrize("d, n_planned", [(2, 10**7), (4, 10**7), (4, 3 * 10**7), (6, 10**9)])
-@pytest.mark.parametrize("partition_size", [8, 64, 300])
-def test_partitioned_search_equals_brute_force(d, n_planned, partition_size):
-    """Keys searched one partition at a time (forced on a few thousand hashes) lose no pair and invent none."""
-    plan = plan_blocks(n_planned, d)
-    rng = np.random.default_rng(d * 11 + partition_size)
-    hashes = np.concatenate([planted_clusters(rng, 1500, d, clusters=40, size=5), adversarial_pairs(rng, plan)[:2000]])
-    groups = _key_groups(plan, hashes.size, partition_size)
-    assert any(bits is not None for bits, _ in groups), "the partitioned path must run"
-    assert sum(len(masks) for _, masks in groups) == len(plan.masks())
-    found = near_pairs(hashes, d, plan, partition_size=partition_size)
-    assert np.array_equal(found, brute_force(hashes, d))
-
-
-def test_partitioning_preserves_pairs_across_identical_hashes():
-    """Many equal hashes land in one partition; every pair among them is still reported once, i < j."""
-    rng = np.random.default_rng(12)
-    hashes = np.concatenate([np.full(30, 0x0123456789ABCDEF, dtype=np.uint64), random_hashes(rng, 3000)])
-    rng.shuffle(hashes)
-    plan = plan_blocks(10**7, 4)
-    found = near_pairs(hashes, 4, plan, partition_size=16)
-    assert np.array_equal(found, brute_force(hashes, 4))
 
 
 def test_an_inexact_plan_misses_pairs():
