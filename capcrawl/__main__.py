@@ -5,9 +5,9 @@ is started first, before the command-line module imports Pillow and pyarrow: the
 own imports (the same, plus imagehash and scipy's DCT; ~0.4 s) then overlap those and
 Scrapy's, and the crawl's first worker does not wait for them (~0.15 s less start-up).
 
-Its first step makes the garbage collector's young generation larger
-(:data:`crawler.workers.GC_THRESHOLD`). ``scrapy crawl images`` and in-process callers of
-:func:`capcrawl.cli.main` (the tests) keep Python's defaults.
+Its first steps make the garbage collector's young generation larger
+(:data:`crawler.workers.GC_THRESHOLD`) and hide pandas (:func:`hide_pandas`). ``scrapy crawl
+images`` and in-process callers of :func:`capcrawl.cli.main` (the tests) keep Python's defaults.
 """
 
 from __future__ import annotations
@@ -26,8 +26,31 @@ def _command(argv: list[str]) -> str | None:
     return next((a for a in argv if not a.startswith("-")), None)
 
 
+def hide_pandas() -> None:
+    """Make ``import pandas`` fail in this process, unless something imported it already.
+
+    When pandas is installed, pyarrow imports it the first time it turns a Python list into an
+    array, only to ask whether the list is a pandas object: 0.35 s of CPU in every capcrawl
+    process (`python -X importtime`), and in the crawl process it is spent while images wait.
+    No capcrawl command uses pandas, and pyarrow treats a failed import as "not installed".
+    (``sys.modules["pandas"] = None`` is not enough: pyarrow's compiled import then gets None.)
+    """
+    if "pandas" not in sys.modules and not any(isinstance(f, _NoPandas) for f in sys.meta_path):
+        sys.meta_path.insert(0, _NoPandas())
+
+
+class _NoPandas:
+    """A meta path finder that refuses pandas."""
+
+    def find_spec(self, name: str, path: object = None, target: object = None) -> None:
+        if name == "pandas" or name.startswith("pandas."):
+            raise ModuleNotFoundError("pandas is hidden in capcrawl's processes (capcrawl.__main__.hide_pandas)", name=name)
+        return None
+
+
 def run() -> None:
     gc.set_threshold(*GC_THRESHOLD)
+    hide_pandas()
     argv = sys.argv[1:]
     # `crawl --workers N` only starts worker processes (each starts its own image workers).
     parent = any(a == "--workers" or a.startswith("--workers=") for a in argv)

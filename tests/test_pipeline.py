@@ -121,3 +121,23 @@ def test_demo_runs_end_to_end_offline(tmp_path, tiny_cache, tiny):
     assert "samples from" in proc.stdout and "caption=" in proc.stdout
     report = tmp_path / "demo" / "shards" / "report" / "index.html"
     assert proc.stdout.strip().splitlines()[-1] == f"Open the report in a browser: {report.as_uri()}" and report.is_file()
+
+
+def test_the_capcrawl_process_never_imports_pandas():
+    """pyarrow asks pandas about every Python list it converts (importing it costs 0.35 s a
+    process); the command hides it, and pyarrow's conversions still work without it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from capcrawl.__main__ import hide_pandas\n"
+        "hide_pandas()\n"
+        "import pyarrow as pa\n"
+        "t = pa.table({'a': pa.array([1, None, 3]), 's': pa.array(['x', None, 'z'])})\n"
+        "assert t.to_pylist()[1] == {'a': None, 's': None}\n"
+        "assert 'pandas' not in sys.modules, 'pandas was imported'\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
