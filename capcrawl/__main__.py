@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import gc
 import sys
+from importlib.machinery import ModuleSpec
 
 from crawler.workers import GC_THRESHOLD, start_worker_server
 
@@ -26,32 +27,45 @@ def _command(argv: list[str]) -> str | None:
     return next((a for a in argv if not a.startswith("-")), None)
 
 
+#: The commands whose processes never load torch (the filter's): only these hide pandas, since
+#: torch looks optional modules up and would take a hidden one for a broken install.
+NO_PANDAS_COMMANDS = ("crawl", "download", "shards")
+
+
 def hide_pandas() -> None:
     """Make ``import pandas`` fail in this process, unless something imported it already.
 
     When pandas is installed, pyarrow imports it the first time it turns a Python list into an
     array, only to ask whether the list is a pandas object: 0.35 s of CPU in every capcrawl
     process (`python -X importtime`), and in the crawl process it is spent while images wait.
-    No capcrawl command uses pandas, and pyarrow treats a failed import as "not installed".
-    (``sys.modules["pandas"] = None`` is not enough: pyarrow's compiled import then gets None.)
+    The crawl and shards commands never use pandas, and pyarrow treats a failed import as
+    "not installed". (``sys.modules["pandas"] = None`` is not enough: pyarrow's compiled
+    import then gets None.)
     """
     if "pandas" not in sys.modules and not any(isinstance(f, _NoPandas) for f in sys.meta_path):
         sys.meta_path.insert(0, _NoPandas())
 
 
 class _NoPandas:
-    """A meta path finder that refuses pandas."""
+    """A meta path finder that finds pandas, and a loader that refuses to load it."""
 
-    def find_spec(self, name: str, path: object = None, target: object = None) -> None:
+    def find_spec(self, name: str, path: object = None, target: object = None) -> ModuleSpec | None:
         if name == "pandas" or name.startswith("pandas."):
-            raise ModuleNotFoundError("pandas is hidden in capcrawl's processes (capcrawl.__main__.hide_pandas)", name=name)
+            return ModuleSpec(name, self)
         return None
+
+    def create_module(self, spec: ModuleSpec) -> None:
+        raise ModuleNotFoundError(f"{spec.name} is hidden in this capcrawl process (capcrawl.__main__.hide_pandas)", name=spec.name)
+
+    def exec_module(self, module: object) -> None:  # never reached: create_module refuses
+        raise ModuleNotFoundError("pandas is hidden in this capcrawl process", name="pandas")
 
 
 def run() -> None:
     gc.set_threshold(*GC_THRESHOLD)
-    hide_pandas()
     argv = sys.argv[1:]
+    if _command(argv) in NO_PANDAS_COMMANDS and "--executor" not in " ".join(argv):
+        hide_pandas()
     # `crawl --workers N` only starts worker processes (each starts its own image workers).
     parent = any(a == "--workers" or a.startswith("--workers=") for a in argv)
     if _command(argv) in IMAGE_COMMANDS and not {"-h", "--help"} & set(argv) and not parent:

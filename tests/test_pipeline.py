@@ -137,6 +137,13 @@ def test_the_capcrawl_process_never_imports_pandas():
         "t = pa.table({'a': pa.array([1, None, 3]), 's': pa.array(['x', None, 'z'])})\n"
         "assert t.to_pylist()[1] == {'a': None, 's': None}\n"
         "assert 'pandas' not in sys.modules, 'pandas was imported'\n"
+        "import importlib.util\n"
+        "assert importlib.util.find_spec('pandas') is not None  # lookups (torch makes them) do not fail\n"
+        "try:\n"
+        "    import pandas\n"
+        "    raise SystemExit('pandas imported')\n"
+        "except ImportError:\n"
+        "    pass\n"
         "print('ok')\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
