@@ -79,8 +79,8 @@ class Ledger:
             return found
         pos = np.searchsorted(self.ids, ids)
         hit = np.flatnonzero((pos < self.ids.size) & (self.ids[np.minimum(pos, self.ids.size - 1)] == ids))
-        for q in hit.tolist():  # confirm on the URL (equal ids are adjacent)
-            url = urls[q] if isinstance(urls, list) else urls[q].as_py()
+        hit_urls = [urls[q] for q in hit.tolist()] if isinstance(urls, list) else urls.take(pa.array(hit)).to_pylist()
+        for q, url in zip(hit.tolist(), hit_urls):  # confirm on the URL (equal ids are adjacent)
             p = int(pos[q])
             while p < self.ids.size and self.ids[p] == ids[q]:
                 if self.urls[p] == url:
