@@ -64,7 +64,7 @@ class _NoPandas:
 def run() -> None:
     gc.set_threshold(*GC_THRESHOLD)
     argv = sys.argv[1:]
-    if _command(argv) in NO_PANDAS_COMMANDS and "--executor" not in " ".join(argv):
+    if _command(argv) in NO_PANDAS_COMMANDS and not any(a.startswith("--executor") for a in argv):
         hide_pandas()
     # `crawl --workers N` only starts worker processes (each starts its own image workers).
     parent = any(a == "--workers" or a.startswith("--workers=") for a in argv)

@@ -58,18 +58,16 @@ def phash_of_file(path: str | Path) -> str:
 def hex_to_uint64(values: "Iterable[str | None] | pyarrow.Array | pyarrow.ChunkedArray") -> tuple[np.ndarray, np.ndarray]:  # noqa: F821
     """Parse hex pHashes into ``(uint64 array, valid mask)``; null or malformed -> valid False.
 
-    An Arrow array is converted ``_SLICE`` values at a time, so a million hashes never
-    become a million Python strings at once.
+    An Arrow array is converted a slice at a time (:func:`common.records.pylist_slices`).
     """
     if hasattr(values, "slice") and hasattr(values, "to_pylist"):  # an Arrow (chunked) array
-        parsed = [_parse_hex(values.slice(start, _SLICE).to_pylist()) for start in range(0, len(values), _SLICE)]
+        from common.records import pylist_slices
+
+        parsed = [_parse_hex(chunk) for chunk in pylist_slices(values)]
         if not parsed:
             return np.zeros(0, dtype=np.uint64), np.zeros(0, dtype=bool)
         return np.concatenate([h for h, _ in parsed]), np.concatenate([v for _, v in parsed])
     return _parse_hex(list(values))
-
-
-_SLICE = 1 << 16
 
 
 def _parse_hex(values: list[str | None]) -> tuple[np.ndarray, np.ndarray]:

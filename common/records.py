@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 from pathlib import Path
+from typing import Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -220,6 +221,17 @@ def read_columns(path: str | Path, columns: list[str]) -> pa.Table:
     command's start or end, for nothing a single file needs.
     """
     return pq.ParquetFile(path).read(columns=columns)
+
+
+#: Values of a column that :func:`pylist_slices` turns into Python objects at once.
+PYLIST_SLICE = 1 << 16
+
+
+def pylist_slices(column: "pa.Array | pa.ChunkedArray", size: int = PYLIST_SLICE) -> Iterator[list]:
+    """The column's values as Python lists of up to ``size``: a million-row column never
+    becomes a million Python objects at once."""
+    for start in range(0, len(column), size):
+        yield column.slice(start, size).to_pylist()
 
 
 def table_from_rows(rows: list[dict], schema: pa.Schema) -> pa.Table:

@@ -60,7 +60,7 @@ class Blocklist(BlockSet):
     def _match_phash(self, table: pa.Table, found: list[str | None]) -> None:
         if not self._phash_entries or "phash" not in table.column_names:
             return
-        hashes, valid = hex_to_uint64(table.column("phash").to_pylist())
+        hashes, valid = hex_to_uint64(table.column("phash"))
         rows = np.flatnonzero(valid)
         widest = max(e.max_distance for e in self._phash_entries)
         pairs = near_pairs_between(hashes[rows], self._phash_values, widest)

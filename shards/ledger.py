@@ -23,19 +23,20 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from common.phash import hex_to_uint64
+from common.records import pylist_slices
 
 _MIX_URL = np.uint64(0x9E3779B97F4A7C15)
 _MIX_TIME = np.uint64(0xC2B2AE3D27D4EB4F)
 ID_COLUMNS = ("url", "sha256", "fetched_at")
-_SLICE = 1 << 16  # rows whose URLs are Python strings at once
 
 
-def _url_hashes(urls: "pa.ChunkedArray | list[str | None]") -> np.ndarray:
+def _url_hashes(urls: pa.ChunkedArray) -> np.ndarray:
     """64-bit hashes of the URLs; stable within this process (Python's string hash), which is
     all the ledger needs: both sides are hashed afresh on every run."""
-    if isinstance(urls, list):
-        return np.fromiter((hash(u) & 0xFFFFFFFFFFFFFFFF if u is not None else 0 for u in urls), dtype=np.uint64, count=len(urls))
-    parts = [_url_hashes(urls.slice(start, _SLICE).to_pylist()) for start in range(0, len(urls), _SLICE)]
+    parts = [
+        np.fromiter((hash(u) & 0xFFFFFFFFFFFFFFFF if u is not None else 0 for u in chunk), dtype=np.uint64, count=len(chunk))
+        for chunk in pylist_slices(urls)
+    ]
     return np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint64)
 
 

@@ -68,8 +68,10 @@ def skip_decided(cands: Candidates, existing: Existing, out: Path) -> tuple[Cand
     A record published by an earlier (possibly killed) run, or dropped or taken down before,
     is not a candidate again: it is neither written twice nor counted as a duplicate of itself.
     """
+    if not cands.meta.num_rows:
+        return cands, 0, 0
     decided_before = ledger_of(dropped_records(out, DEDUP_LOG_DIR), removed_records(out / REMOVALS_FILE))
-    if not cands.meta.num_rows or not (len(existing.published) or len(decided_before)):  # a first run into OUT
+    if not (len(existing.published) or len(decided_before)):  # a first run into OUT: no ids to make
         return cands, 0, 0
     ids = record_ids(cands.meta)
     urls = cands.meta.column("url")
@@ -204,38 +206,34 @@ def write_dedup_log(out: Path, run: int, cands: Candidates, verdicts: Verdicts, 
     urls = cands.meta.column("url")
     part_names = pa.array([p.name for p in cands.parts], pa.string())
     path = out / DEDUP_LOG_DIR / f"run-{run:05d}.parquet"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        with pq.ParquetWriter(tmp, DEDUP_LOG_SCHEMA, compression="zstd") as writer:
-            for start in range(0, dropped.size, _LOG_SLICE):
-                rows = dropped[start : start + _LOG_SLICE]
-                nodes = verdicts.dup_of[rows]
-                new = nodes >= n_old
-                new_urls = urls.take(pa.array(np.where(new, nodes - n_old, 0))).to_pylist()
-                target_key, target_url = [], []
-                for j, node in enumerate(nodes.tolist()):
-                    if node == KEPT:
-                        target_key.append(None), target_url.append(None)
-                    elif node < n_old:
-                        target_key.append(existing.keys[node]), target_url.append(existing.urls[node])
-                    else:
-                        target_key.append(keys[node - n_old]), target_url.append(new_urls[j])
-                meta = cands.meta.take(pa.array(rows))
-                writer.write_table(pa.table(
-                    {
-                        "url": meta.column("url"),
-                        "sha256": meta.column("sha256"),
-                        "fetched_at": meta.column("fetched_at"),
-                        "phash": meta.column("phash"),
-                        "reason": pa.array([verdicts.reason[i] for i in rows.tolist()], pa.string()),
-                        "duplicate_of_key": pa.array(target_key, pa.string()),
-                        "duplicate_of_url": pa.array(target_url, pa.string()),
-                        "detail": pa.array([verdicts.detail[i] for i in rows.tolist()], pa.string()),
-                        "part": part_names.take(meta.column(PART_COLUMN)),
-                        "row": meta.column(ROW_COLUMN),
-                    },
-                    schema=DEDUP_LOG_SCHEMA,
-                ))
+    with atomic_path(path) as tmp, pq.ParquetWriter(tmp, DEDUP_LOG_SCHEMA, compression="zstd") as writer:
+        for start in range(0, dropped.size, _LOG_SLICE):
+            rows = dropped[start : start + _LOG_SLICE]
+            row_list = rows.tolist()
+            nodes = verdicts.dup_of[rows]
+            new_urls = urls.take(pa.array(np.where(nodes >= n_old, nodes - n_old, 0))).to_pylist()
+            targets = [
+                (None, None) if node == KEPT
+                else (existing.keys[node], existing.urls[node]) if node < n_old
+                else (keys[node - n_old], new_urls[j])
+                for j, node in enumerate(nodes.tolist())
+            ]
+            meta = cands.meta.take(pa.array(rows))
+            writer.write_table(pa.table(
+                {
+                    "url": meta.column("url"),
+                    "sha256": meta.column("sha256"),
+                    "fetched_at": meta.column("fetched_at"),
+                    "phash": meta.column("phash"),
+                    "reason": pa.array([verdicts.reason[i] for i in row_list], pa.string()),
+                    "duplicate_of_key": pa.array([t[0] for t in targets], pa.string()),
+                    "duplicate_of_url": pa.array([t[1] for t in targets], pa.string()),
+                    "detail": pa.array([verdicts.detail[i] for i in row_list], pa.string()),
+                    "part": part_names.take(meta.column(PART_COLUMN)),
+                    "row": meta.column(ROW_COLUMN),
+                },
+                schema=DEDUP_LOG_SCHEMA,
+            ))
     return path
 
 
