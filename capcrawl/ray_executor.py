@@ -193,7 +193,7 @@ def _report(config: CrawlConfig, done: int, total: int) -> None:
 
 
 class PartScorer:
-    """A Ray actor: the filter stage with its model loaded once, scoring one part per call.
+    """A Ray actor: the filter stage with its model loaded once, scoring a share of the parts per call.
 
     A CPU actor runs torch on as many threads as it holds CPUs (``threads``); a local filter on
     that many threads writes the same bytes.
@@ -208,12 +208,18 @@ class PartScorer:
 
         self.stage = FilterStage(config)
 
-    def score(self, part: str) -> int:
-        """Score ``part`` and write its outputs (atomically); the rows written."""
-        return self.stage.process_part(Path(part))
+    def score(self, parts: list[str]) -> int:
+        """Score ``parts`` through one DataLoader (its workers decode the next part while this one
+        is scored) and write each part's outputs atomically; the rows written. Parts already done
+        are skipped, so a task retried on a restarted actor redoes only the unfinished ones."""
+        from filter.stage import part_done
 
-    def texts_encoded(self) -> int:
-        return self.stage.texts.encoded
+        todo = [Path(p) for p in parts if not part_done(self.stage.config, Path(p))]
+        return self.stage.score_and_write(todo)
+
+    def counters(self) -> tuple[int, int]:
+        """(texts encoded, DataLoaders built) by this actor."""
+        return self.stage.texts.encoded, self.stage.loaders
 
 
 def actor_config(config: FilterConfig) -> FilterConfig:
@@ -242,7 +248,7 @@ def filter_parts(config: FilterConfig) -> dict[str, Any]:
     config.check_inputs()
     started = time.monotonic()
     parts, todo = unfinished_parts(config)
-    rows = texts = actors = 0
+    rows = texts = actors = loaders = 0
     if todo:
         with ray_cluster(config.ray_address) as ray:
             actors = pool_size(config, ray.cluster_resources(), len(todo))
@@ -253,7 +259,7 @@ def filter_parts(config: FilterConfig) -> dict[str, Any]:
             pool = [cls.remote(actor_config(config), threads) for _ in range(actors)]
             log.info("scoring %d parts on %d Ray actors", len(todo), actors)
             rows = _score_on(ray, pool, todo)
-            texts = sum(ray.get([a.texts_encoded.remote() for a in pool]))
+            texts, loaders = (sum(c) for c in zip(*ray.get([a.counters.remote() for a in pool])))
     stats = collect_stats(config)
     stats["this_run"] = {
         "parts_selected": len(parts),
@@ -262,6 +268,7 @@ def filter_parts(config: FilterConfig) -> dict[str, Any]:
         "rows_scored": rows,
         "seconds": round(time.monotonic() - started, 3),
         "texts_encoded": texts,
+        "loaders": loaders,
         "executor": "ray",
         "actors": actors,
     }
@@ -270,23 +277,32 @@ def filter_parts(config: FilterConfig) -> dict[str, Any]:
     return stats
 
 
+def shares(parts: list[Path], actors: int) -> list[list[Path]]:
+    """``parts`` cut into one contiguous share per actor, sizes differing by at most one.
+
+    One share per actor means one DataLoader per actor for the whole run, so an actor's model
+    never waits for a new loader's workers to start between parts. Parts hold the same number
+    of rows (``--shard-rows``), so equal shares are balanced on like actors.
+    """
+    size, extra = divmod(len(parts), actors)
+    out, start = [], 0
+    for k in range(actors):
+        stop = start + size + (1 if k < extra else 0)
+        if stop > start:
+            out.append(parts[start:stop])
+        start = stop
+    return out
+
+
 def _score_on(ray: Any, pool: list[Any], parts: list[Path]) -> int:
-    """Hand each actor its next part as soon as it is free; the rows scored."""
-    queue = list(reversed(parts))
-    running: dict[Any, tuple[Any, Path]] = {}
+    """Score each actor's share of ``parts``; the rows scored. An error stops the run, as it does locally."""
+    running = {actor.score.remote([str(p) for p in share]): share for actor, share in zip(pool, shares(parts, len(pool)))}
     rows = 0
-    for actor in pool:
-        if queue:
-            part = queue.pop()
-            running[actor.score.remote(str(part))] = (actor, part)
     while running:
         ready, _ = ray.wait(list(running), num_returns=1, timeout=_WAIT_S)
         for ref in ready:
-            actor, part = running.pop(ref)
-            n = ray.get(ref)  # an error scoring a part stops the run, as it does locally
+            share = running.pop(ref)
+            n = ray.get(ref)
             rows += n
-            log.info("scored %s: %d rows", part.name, n)
-            if queue:
-                nxt = queue.pop()
-                running[actor.score.remote(str(nxt))] = (actor, nxt)
+            log.info("scored %s..%s (%d parts): %d rows", share[0].name, share[-1].name, len(share), n)
     return rows

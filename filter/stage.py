@@ -9,6 +9,7 @@ a part as done, so runs resume and many machines can split the parts
 from __future__ import annotations
 
 import io
+import itertools
 import logging
 import math
 import os
@@ -244,6 +245,7 @@ class FilterStage:
         self.tensor_pre = self._tensor_preprocess()
         self.face_detector, self.faces = self._face_detection()
         self.page_counts = PageCounts.load(config.crawl_dir)
+        self.loaders = 0  # DataLoaders built (each starts its own worker processes)
 
     def _face_detection(self) -> tuple["FaceDetector | None", ThreadPoolExecutor | None]:
         """The face detector and the threads it runs on (it releases the GIL), or Nones."""
@@ -305,6 +307,7 @@ class FilterStage:
         if not len(dataset):
             return iter(())
         cfg = self.config
+        self.loaders += 1
         return iter(make_loader(dataset, cfg.batch_size, cfg.workers, pin_memory=self.model.device.type == "cuda"))
 
     def _embed_batch(self, batch: Batch, acc: "_Accumulators") -> None:
@@ -487,33 +490,40 @@ class FilterStage:
         atomic_write_parquet(table, out)
         return table.num_rows
 
-    def process_part(self, part: Path) -> int:
-        """Score one crawl part and write its outputs."""
-        return sum(self.write_part(scored) for scored in self.score_parts([part]))
-
-    def run(self, progress: ProgressHook | None = None) -> dict:
-        """Score this machine's unfinished parts, then rewrite ``stats.json`` from all scored parts.
+    def score_and_write(self, parts: Sequence[Path], progress: Callable[["ScoredPart", int], None] | None = None) -> int:
+        """Score ``parts`` through one loader and write each as soon as it is scored; the rows written.
 
         Parts are written by a background thread while the next ones are scored (pyarrow and
-        numpy release the GIL while writing).
+        numpy release the GIL while writing). ``progress(scored, rows_written)`` follows each part.
         """
+        rows = 0
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="filter-writer") as writer:
+            pending = []
+            for scored in self.score_parts(parts):
+                pending.append(writer.submit(self.write_part, scored))
+                while len(pending) > 2:  # at most two finished parts wait in memory
+                    rows += pending.pop(0).result()
+                log.info("scored %s: %d rows", scored.path.name, scored.rows)
+                if progress:
+                    progress(scored, rows)
+            rows += sum(f.result() for f in pending)
+        return rows
+
+    def run(self, progress: ProgressHook | None = None) -> dict:
+        """Score this machine's unfinished parts, then rewrite ``stats.json`` from all scored parts."""
         cfg = self.config
         parts, todo = unfinished_parts(cfg)
         for part in parts:
             if part not in todo:
                 log.info("skipping %s: already scored", part.name)
         started = time.monotonic()
-        rows = 0
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="filter-writer") as writer:
-            pending = []
-            for done, scored in enumerate(self.score_parts(todo), 1):
-                pending.append(writer.submit(self.write_part, scored))
-                while len(pending) > 2:  # at most two finished parts wait in memory
-                    rows += pending.pop(0).result()
-                log.info("scored %s: %d rows", scored.path.name, scored.rows)
-                if progress:
-                    progress(scored.path.name, rows, len(parts) - len(todo) + done, len(parts))
-            rows += sum(f.result() for f in pending)
+        finished = itertools.count(len(parts) - len(todo) + 1)
+
+        def on_part(scored: "ScoredPart", rows: int) -> None:
+            if progress:
+                progress(scored.path.name, rows, next(finished), len(parts))
+
+        rows = self.score_and_write(todo, on_part)
         scored, skipped = len(todo), len(parts) - len(todo)
         stats = collect_stats(cfg)
         elapsed = time.monotonic() - started
@@ -524,6 +534,7 @@ class FilterStage:
             "rows_scored": rows,
             "seconds": round(elapsed, 3),
             "texts_encoded": self.texts.encoded,
+            "loaders": self.loaders,
         }
         atomic_write_json(stats, cfg.scored_dir / STATS_FILE, sort_keys=True)
         write_done_marker(cfg, parts)

@@ -230,11 +230,23 @@ def test_filter_on_ray_actors_gives_the_local_outputs(tmp_path, tiny, ray_addres
     local, ray_stats = _stats(tmp_path / "local", SCORED_DIR), _stats(tmp_path / "ray", SCORED_DIR)
     assert {k: v for k, v in ray_stats.items() if k != "this_run"} == {k: v for k, v in local.items() if k != "this_run"}
     assert ray_stats["this_run"]["actors"] == 2 and ray_stats["this_run"]["parts_scored"] == 4
+    # Each actor scores its two parts through one DataLoader, as the local filter scores its four.
+    assert ray_stats["this_run"]["loaders"] == 2 and local["this_run"]["loaders"] == 1
     assert (tmp_path / "ray" / SCORED_DIR / "_SUCCESS").is_file()
     # Finished parts are not scored again.
     run_cli("filter", "--work", str(tmp_path / "ray"), *tiny_args(tiny), "--executor", "ray", "--ray-address", ray_address,
             check=True)
     assert _stats(tmp_path / "ray", SCORED_DIR)["this_run"]["parts_scored"] == 0
+
+
+def test_filter_shares_are_contiguous_and_balanced():
+    from capcrawl.ray_executor import shares
+
+    parts = [Path(f"part-{i:05d}.parquet") for i in range(7)]
+    cut = shares(parts, 3)
+    assert [len(s) for s in cut] == [3, 2, 2]
+    assert [p for s in cut for p in s] == parts
+    assert shares(parts[:2], 4) == [[parts[0]], [parts[1]]]  # never an empty share
 
 
 @pytest.mark.parametrize("argv,needle", [
