@@ -12,7 +12,8 @@ close by construction) and that every pair found is within the distance.
 ``--sizes`` are measured with the current :func:`shards.near_index.near_pairs`;
 at ``--compare-sizes`` the baseline and the current one are alternated ``--rounds``
 times on the same hashes and the old/new ratio of the median times is reported, with
-time(10x n)/time(n). The baseline is the algorithm before covering designs (copied
+time(10x n)/time(n), and that of numpy's sort of n words alone (the floor of any method that
+sorts n words per key). The baseline is the algorithm before covering designs (copied
 below), or with ``--baseline REV`` the ``shards/near_index.py`` of that git revision:
 
     .venv/bin/python bench/near_dup_bench.py --sizes --compare-sizes 1000000 10000000 --rounds 5 --baseline 8fe3d5f
@@ -184,6 +185,7 @@ def measure(n: int, distance: int, planted_fraction: float, seed: int, algo: str
     start = time.perf_counter()
     found = search(hashes, distance)
     elapsed = time.perf_counter() - start
+    sort_s = sort_seconds(n)
     plan = _old_plan(n, distance) if algo == "old" and not module else None
     new_plan = (module.plan_blocks if module else plan_blocks)(n, distance)
     return {
@@ -193,6 +195,7 @@ def measure(n: int, distance: int, planted_fraction: float, seed: int, algo: str
         "keys": len(plan[1]) if plan else len(new_plan.masks()),
         "blocks": plan[0] if plan else len(new_plan.blocks),
         "seconds": round(elapsed, 3),
+        "np_sort_s": round(sort_s, 4),
         "generate_s": round(generate_s, 2),
         "pairs_found": int(found.shape[0]),
         "planted_pairs": int(planted.shape[0]),
@@ -201,6 +204,22 @@ def measure(n: int, distance: int, planted_fraction: float, seed: int, algo: str
         "rss_before_search_mib": round(rss_before, 1),
         "peak_rss_mib": round(_peak_rss_mib(), 1),
     }
+
+
+def sort_seconds(n: int, rounds: int = 3) -> float:
+    """Best time of numpy's sort of ``n`` random uint64 words (the sort every key of the search runs).
+
+    Its growth from n to 10n is the floor of the search's own: no method that sorts n words
+    per key scales better than the sort does.
+    """
+    words = np.random.default_rng(n).integers(0, 2**63, size=n, dtype=np.uint64)
+    best = math.inf
+    for _ in range(rounds):
+        copy = words.copy()
+        start = time.perf_counter()
+        copy.sort()
+        best = min(best, time.perf_counter() - start)
+    return best
 
 
 def run_fresh(n: int, args: argparse.Namespace, algo: str) -> dict:
@@ -217,6 +236,7 @@ def run_fresh(n: int, args: argparse.Namespace, algo: str) -> dict:
 def compare(args: argparse.Namespace) -> dict:
     """Old and new alternated (order flipped every round) at each compare size."""
     times: dict[tuple[int, str], list[float]] = {}
+    sorts: dict[int, list[float]] = {}
     runs = []
     for r in range(args.rounds):
         for n in args.compare_sizes:
@@ -224,6 +244,7 @@ def compare(args: argparse.Namespace) -> dict:
                 result = run_fresh(n, args, algo)
                 runs.append(result)
                 times.setdefault((n, algo), []).append(result["seconds"])
+                sorts.setdefault(n, []).append(result["np_sort_s"])
     summary = {}
     for n in args.compare_sizes:
         old, new = statistics.median(times[(n, "old")]), statistics.median(times[(n, "new")])
@@ -233,6 +254,7 @@ def compare(args: argparse.Namespace) -> dict:
         for algo in ("old", "new"):
             ratio = summary[b][f"{algo}_median_s"] / summary[a][f"{algo}_median_s"]
             summary[f"{algo} time({b})/time({a})"] = round(ratio, 2)
+        summary[f"np.sort time({b})/time({a})"] = round(statistics.median(sorts[b]) / statistics.median(sorts[a]), 2)
     return {"runs": runs, "summary": summary}
 
 
