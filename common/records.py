@@ -83,6 +83,8 @@ class PageStatus(ValueEnum):
     TOO_LARGE = "too_large"
     DOWNLOAD_ERROR = "download_error"
     IGNORED = "ignored"
+    BAD_URL = "bad_url"  # a link that cannot be parsed or requested (never requested)
+    PARSE_ERROR = "parse_error"  # fetched, but reading its HTML failed (its images and links are lost)
 
 
 class CaptionSource(ValueEnum):

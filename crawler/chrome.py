@@ -22,11 +22,11 @@ Reasons, checked from the image outwards (the nearest decides):
 
 from __future__ import annotations
 
-from urllib.parse import urldefrag, urljoin
 
 from lxml import etree
 
 from .pagetext import TextRenderer, class_tokens, meaningful, tag_of
+from .urls import join_url
 
 NAV_RELS = ("prev", "previous", "next", "up", "home", "start", "first", "last", "contents", "index", "toc")
 CHROME_ROLES = frozenset({"navigation", "banner", "contentinfo", "complementary", "menu", "menubar", "toolbar", "search"})
@@ -47,7 +47,9 @@ def nav_link_targets(root: etree._Element, base: str) -> dict[str, str]:
         rels = [r for r in (link.get("rel") or "").lower().split() if r in NAV_RELS]
         if not href or not rels:
             continue
-        url = urldefrag(urljoin(base, href))[0]
+        url = join_url(base, href, fragment=False)
+        if url is None:
+            continue
         out[url] = min(rels + ([out[url]] if url in out else []), key=NAV_RELS.index)
     return {u: "prev" if r == "previous" else r for u, r in out.items()}
 
@@ -59,7 +61,7 @@ def _link_reason(a: etree._Element, nav_targets: dict[str, str], base: str) -> s
         return f"link:{'prev' if rel == 'previous' else rel}"
     href = (a.get("href") or "").strip()
     if href and not href.startswith("#"):
-        target = nav_targets.get(urldefrag(urljoin(base, href))[0])
+        target = nav_targets.get(join_url(base, href, fragment=False) or "")
         if target:
             return f"link:{target}"
     return None

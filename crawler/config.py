@@ -272,6 +272,7 @@ def check_url(url: str) -> str | None:
     """Why ``url`` cannot be crawled, or None when it is a usable http(s) URL."""
     try:
         parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises for a port out of range or not a number
     except ValueError as e:
         return f"unparsable URL: {e}"
     if parts.scheme not in ("http", "https"):

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
-from urllib.parse import urljoin, urldefrag, urlsplit
+from urllib.parse import urlsplit
 
 from parsel import Selector
 
@@ -18,6 +18,7 @@ from . import licenses
 from .captions import find_caption
 from .chrome import chrome_reason, nav_link_targets
 from .pagetext import CONTEXT_CHARS, TextRenderer, image_context
+from .urls import join_url
 
 OPT_OUT_DIRECTIVES = frozenset({"noai", "noimageai", "noml"})
 
@@ -131,7 +132,9 @@ def _figure_license(img: Selector, base: str) -> tuple[str | None, str | None]:
     href = img.xpath(f"ancestor::figure[1]//a[{_has_rel('license')}]/@href").get()
     if not href:
         return None, None
-    url = urljoin(base, href.strip())
+    url = join_url(base, href)
+    if url is None:
+        return None, None
     return licenses.spdx_from_url(url), url
 
 
@@ -151,8 +154,8 @@ def _structured_image_licenses(sel: Selector, base: str) -> dict[str, tuple[str 
                 lic = lic.get("url") or lic.get("@id") if isinstance(lic, dict) else lic
                 spdx, lurl = licenses.normalise(str(lic))
                 for key in ("contentUrl", "url"):
-                    if isinstance(node.get(key), str):
-                        found[urljoin(base, node[key])] = (spdx, lurl, "json-ld")
+                    if isinstance(node.get(key), str) and (url := join_url(base, node[key])):
+                        found[url] = (spdx, lurl, "json-ld")
             for v in node.values():
                 visit(v)
 
@@ -165,12 +168,13 @@ def _structured_image_licenses(sel: Selector, base: str) -> dict[str, tuple[str 
         lic = item.xpath(".//*[@itemprop='license']/@href | .//*[@itemprop='license']/@content").get()
         if not lic:
             continue
-        spdx, lurl = licenses.normalise(urljoin(base, lic) if lic.startswith(("/", "http")) else lic)
+        spdx, lurl = licenses.normalise((join_url(base, lic) or lic) if lic.startswith(("/", "http")) else lic)
         for u in item.xpath(
             ".//*[@itemprop='contentUrl']/@src | .//*[@itemprop='contentUrl']/@href"
             " | .//*[@itemprop='contentUrl']/@content | .//img[@itemprop='image']/@src"
         ).getall():
-            found[urljoin(base, u.strip())] = (spdx, lurl, "microdata")
+            if url := join_url(base, u):
+                found[url] = (spdx, lurl, "microdata")
     return found
 
 
@@ -188,22 +192,30 @@ def _image_url(img: Selector) -> str | None:
     return (img.attrib.get("src") or "").strip() or None
 
 
-def normalise_url(base: str, href: str) -> str | None:
-    """Absolute http(s) URL without fragment, or None."""
+def normalise_url(base: str, href: str, keep_unparsable: bool = False) -> str | None:
+    """Absolute http(s) URL without fragment, or None.
+
+    A URL that cannot be parsed (``http://[::1``) is None too, or, with ``keep_unparsable``,
+    ``href`` as written: an image's row then says ``bad_url`` instead of the image vanishing.
+    """
     href = href.strip()
     if not href or href.startswith(("javascript:", "mailto:", "tel:", "#")):
         return None
-    url = urldefrag(urljoin(base, href))[0]
-    if urlsplit(url).scheme not in ("http", "https"):
-        return None
-    return url
+    url = join_url(base, href, fragment=False)
+    if url is None:
+        return href if keep_unparsable else None
+    try:
+        scheme = urlsplit(url).scheme
+    except ValueError:
+        return href if keep_unparsable else None
+    return url if scheme in ("http", "https") else None
 
 
 def extract_page(html: str | Selector, page_url: str, agent_token: str = "capcrawl") -> PageInfo:
     """Read images, licences, links and noai/noimageai opt-outs from one HTML page."""
     sel = html if isinstance(html, Selector) else Selector(text=html, type="html")
     base = sel.xpath("//base/@href").get()
-    base = urljoin(page_url, base.strip()) if base else page_url
+    base = (join_url(page_url, base) or page_url) if base else page_url
     info = PageInfo(title=_text(sel.xpath("//title/text()").get()))
 
     metas = sel.xpath(
@@ -216,9 +228,9 @@ def extract_page(html: str | Selector, page_url: str, agent_token: str = "capcra
     source = "page:a-rel"
     if not href:
         href, source = sel.xpath(f"//link[{_has_rel('license')}]/@href").get(), "page:link-rel"
-    if href:
-        info.license_url = urljoin(base, href.strip())
-        info.license = licenses.spdx_from_url(info.license_url)
+    if href and (license_url := join_url(base, href)):
+        info.license_url = license_url
+        info.license = licenses.spdx_from_url(license_url)
         info.license_source = source
 
     structured = _structured_image_licenses(sel, base)
@@ -229,7 +241,7 @@ def extract_page(html: str | Selector, page_url: str, agent_token: str = "capcra
         if not raw or raw.startswith("data:"):
             info.data_uris += 1 if raw else 0
             continue
-        url = normalise_url(base, raw)
+        url = normalise_url(base, raw, keep_unparsable=True)
         if not url:
             continue
         caption = find_caption(img.root, renderer)
@@ -253,7 +265,7 @@ def extract_page(html: str | Selector, page_url: str, agent_token: str = "capcra
         info.images.append(ref)
 
     for og in sel.xpath("//meta[@property='og:image' or @name='og:image']/@content").getall():
-        url = normalise_url(base, og)
+        url = normalise_url(base, og, keep_unparsable=True)
         if url and all(url != i.url for i in info.images):
             lic = structured.get(url, (info.license, info.license_url, info.license_source))
             desc = _text(sel.xpath("//meta[@property='og:description']/@content").get(), CONTEXT_CHARS)
@@ -261,7 +273,7 @@ def extract_page(html: str | Selector, page_url: str, agent_token: str = "capcra
 
     seen: set[str] = set()
     for h in sel.xpath("//a/@href").getall():
-        url = normalise_url(base, h)
+        url = normalise_url(base, h, keep_unparsable=True)  # the crawl counts it as a bad_url page
         if url and url not in seen:
             seen.add(url)
             info.links.append(url)

@@ -56,7 +56,7 @@ def failure_status(failure: Failure, page: bool) -> tuple[str, str] | None:
     if isinstance(exc, HttpError):
         return http_status(exc.response.status), f"HTTP {exc.response.status}"
     if isinstance(exc, RobotsForbidden):
-        return S.ROBOTS.value, "disallowed by robots.txt (not requested)"
+        return S.ROBOTS.value, exc.detail
     if isinstance(exc, OptedOut):
         return S(exc.evidence.signal).value, str(exc)
     if isinstance(exc, PrivateAddressRefused):

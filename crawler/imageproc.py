@@ -192,6 +192,8 @@ def _phash_source(decoded: Image.Image, scaled: Image.Image) -> Image.Image:
 def _to_rgb(img: Image.Image) -> Image.Image:
     if img.mode == "RGB":
         return img
+    if img.mode.startswith("I") or img.mode == "F":  # 16-bit (or 32-bit) grey: convert() would clip at 255
+        img = _grey_to_8_bits(img)
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")
         bg = Image.new("RGB", rgba.size, (255, 255, 255))
@@ -202,6 +204,17 @@ def _to_rgb(img: Image.Image) -> Image.Image:
 
 _XMP_RIGHTS = re.compile(rb"<dc:rights>.*?<rdf:li[^>]*>(.*?)</rdf:li>", re.S)
 _XMP_WEB = re.compile(rb"xmpRights:WebStatement(?:=\"([^\"]+)\"|>([^<]+)<)")
+
+
+def _grey_to_8_bits(img: Image.Image) -> Image.Image:
+    """A 16-bit grey image (PNG, TIFF) as 8-bit grey: values over 255 are taken as 16-bit
+    (divided by 257); an image whose values all fit in 8 bits keeps them."""
+    values = np.asarray(img)
+    if values.dtype.kind == "f":
+        values = np.nan_to_num(values)
+    top = float(values.max()) if values.size else 0.0
+    scaled = values / 257.0 if top > 255 else values
+    return Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8), "L")
 
 
 def embedded_rights(img: Image.Image, data: bytes) -> tuple[str | None, str | None]:
@@ -297,6 +310,8 @@ def process_image(data: bytes, opts: ImageOptions, content_type: str | None = No
     try:
         res.rights, res.rights_url = embedded_rights(img, data)
         target, k = _shrink_plan(img, opts)
+        if _orientation(img) >= 5:  # turned a quarter: the original's size as it is shown, like the sample's
+            res.original_width, res.original_height = oh, ow
     except (OSError, SyntaxError, ValueError) as e:
         return _fail(res, Status.CORRUPT, f"{type(e).__name__}: {e}")
     if _fast_jpeg(data, img, opts, target, k, res):

@@ -9,9 +9,11 @@ silently weaken the robots.txt guarantee.
 What is here, and why:
 
 - :class:`RobotsMiddleware` (Scrapy's ``RobotsTxtMiddleware``: ``robot_parser``,
-  ``process_request_2``, ``_parsers``, ``_parse_robots``). Correctness: Scrapy 2.19 lets every
-  request that waits for a host's robots.txt after the first one through unchecked; here
-  waiters wait on a future of their own. Also a named exception (status ``robots``), the
+  ``process_request_2``, ``_parsers``, ``_parserimpl``, ``_parse_robots``, ``_robots_error``).
+  Correctness: Scrapy 2.19 lets every request that waits for a host's robots.txt after the
+  first one through unchecked; here waiters wait on a future of their own. Scrapy also reads a
+  robots.txt answered with a 5xx (an error page) or lost to a timeout as "allow all"; RFC 9309
+  says complete disallow, and so does this class. Also a named exception (status ``robots``), the
   robots.txt Crawl-delay, and the raw robots.txt body kept per host for the opt-out rules
   that live in it (Content-Signal, Content-Usage).
 - :class:`PoliteAutoThrottle` (``AutoThrottle._response_downloaded`` / ``_get_slot``).
@@ -56,11 +58,13 @@ import scrapy
 from scrapy import Request, Spider
 from scrapy.crawler import Crawler
 from scrapy.downloadermiddlewares.robotstxt import RobotsTxtMiddleware
-from scrapy.exceptions import IgnoreRequest
+from scrapy.exceptions import CannotResolveHostError, DownloadConnectionRefusedError, IgnoreRequest
 from scrapy.extensions.throttle import AutoThrottle
 from scrapy.http import Headers, Response
 from scrapy.utils.httpobj import urlparse_cached
+from scrapy.utils.misc import build_from_crawler
 from scrapy.utils.python import to_unicode
+from twisted.internet.error import ConnectionRefusedError as TwistedConnectionRefused, DNSLookupError
 from twisted.web._newclient import ResponseFailed, ResponseNeverReceived
 
 from .optout import ROBOTS, SOURCE_ROBOTS, OptOut, RobotsRules, agent_token
@@ -75,11 +79,35 @@ SCRAPY_SERIES = (2, 19)
 
 
 class RobotsForbidden(IgnoreRequest):
-    """robots.txt disallows this URL for our user agent; ``evidence`` names the rule."""
+    """robots.txt disallows this URL for our user agent; ``evidence`` names the rule, ``detail``
+    is the row's error text."""
 
-    def __init__(self, message: str, evidence: OptOut | None = None):
+    def __init__(self, message: str, evidence: OptOut | None = None, detail: str | None = None):
         super().__init__(message)
         self.evidence = evidence or OptOut(ROBOTS, SOURCE_ROBOTS, "disallow")
+        self.detail = detail or "disallowed by robots.txt (not requested)"
+
+
+#: Failures to download a robots.txt after which the host's next request asks for it again (and
+#: meanwhile fails the same way): the name does not resolve, or nothing listens.
+ROBOTS_RETRY_ERRORS = (CannotResolveHostError, DownloadConnectionRefusedError, DNSLookupError, TwistedConnectionRefused)
+
+#: robots.txt that stands for a host whose robots.txt is unreachable (RFC 9309, 2.3.1.4).
+DISALLOW_ALL = b"User-agent: *\nDisallow: /\n"
+
+
+def _robots_unreachable_status(status: int) -> bool:
+    """An answer to robots.txt that means "unreachable", so complete disallow (RFC 9309): a
+    server error, or 429 (too many requests), which is no permission either."""
+    return status >= 500 or status == 429
+
+
+class _QuietRobotsErrors(logging.Filter):
+    """Drops Scrapy's traceback for a robots.txt that could not be downloaded; the middleware
+    logs one line of its own (the rows carry the status)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Error downloading")
 
 
 #: Signal sent once per host when its robots.txt has been read: ``netloc`` and ``text`` (the
@@ -145,6 +173,11 @@ class RobotsMiddleware(RobotsTxtMiddleware):
         self.crawl_delays: dict[str, float] = {}  # slot key -> robots.txt Crawl-delay
         self.robots_texts: dict[str, str] = {}  # netloc -> robots.txt text ("" when none)
         self._robots_rules: dict[str, RobotsRules] = {}  # parsed from the text when a URL is refused
+        self.unreachable: dict[str, str] = {}  # netloc -> why its robots.txt counts as "disallow all"
+        self._ask_again: set[str] = set()  # netlocs whose robots.txt download failed to connect
+        robots_log = logging.getLogger(RobotsTxtMiddleware.__module__)
+        if not any(isinstance(f, _QuietRobotsErrors) for f in robots_log.filters):
+            robots_log.addFilter(_QuietRobotsErrors())
 
     async def process_request(self, request: Request, spider: Spider | None = None) -> None:
         await super().process_request(request)
@@ -170,19 +203,47 @@ class RobotsMiddleware(RobotsTxtMiddleware):
         try:
             super().process_request_2(rp, request)
         except IgnoreRequest as e:
-            raise RobotsForbidden(str(e), self._evidence(request)) from e
+            why = self.unreachable.get(urlparse_cached(request).netloc)
+            raise RobotsForbidden(str(e), self._evidence(request), f"{why}: not requested" if why else None) from e
 
     async def _parse_robots(self, response: Response, netloc: str, request: Request) -> None:
         text = ""
         if 200 <= response.status < 300:
             text = response.body.decode("utf-8-sig", errors="replace")
+        elif _robots_unreachable_status(response.status):
+            self._unreachable(netloc, f"robots.txt unreachable (HTTP {response.status})")
+            response = response.replace(body=DISALLOW_ALL)
+        elif response.status >= 400:  # 4xx: no robots.txt, everything allowed (RFC 9309, 2.3.1.3)
+            response = response.replace(body=b"")
         self.robots_texts[netloc] = text
         self.crawler.signals.send_catch_log(ROBOTS_TEXT, netloc=netloc, text=text)
         await super()._parse_robots(response, netloc, request)
 
+    def _robots_error(self, exc: Exception, netloc: str) -> None:
+        """robots.txt could not be downloaded. A host that cannot be resolved or refuses
+        connections gets its robots.txt asked for again by its next request (which meanwhile
+        fails the same way, with its own status). Any other failure (a timeout, a cut
+        connection) means unreachable: complete disallow, as RFC 9309 asks."""
+        super()._robots_error(exc, netloc)
+        if isinstance(exc, IgnoreRequest):
+            return
+        if isinstance(exc, ROBOTS_RETRY_ERRORS):
+            log.info("robots.txt of %s: %s; asked again with the next request", netloc, type(exc).__name__)
+            self._ask_again.add(netloc)
+            return
+        self._unreachable(netloc, f"robots.txt unreachable ({type(exc).__name__})")
+        self._parsers[netloc] = build_from_crawler(self._parserimpl, self.crawler, DISALLOW_ALL)  # after Scrapy's None
+
+    def _unreachable(self, netloc: str, why: str) -> None:
+        log.warning("%s: %s; nothing on that host is fetched (RFC 9309)", netloc, why)
+        self.unreachable[netloc] = why
+        self._stats.inc_value("capcrawl/robots_unreachable")
+
     def _evidence(self, request: Request) -> OptOut:
         """The Disallow line that refused ``request`` (``disallow`` when it cannot be told)."""
         netloc = urlparse_cached(request).netloc
+        if netloc in self.unreachable:
+            return OptOut(ROBOTS, SOURCE_ROBOTS, self.unreachable[netloc])
         if netloc not in self._robots_rules:
             agent = self._robotstxt_useragent or to_unicode(request.headers.get(b"User-Agent") or self._default_useragent)
             self._robots_rules[netloc] = RobotsRules(self.robots_texts.get(netloc, ""), agent_token(agent))
@@ -200,6 +261,9 @@ class RobotsMiddleware(RobotsTxtMiddleware):
         try:
             return await super().robot_parser(request)
         finally:
+            if netloc in self._ask_again:
+                self._ask_again.discard(netloc)
+                self._parsers.pop(netloc, None)
             del self._fetching[netloc]
             done.set_result(None)
 
@@ -406,6 +470,7 @@ def check_upstream(optional: bool = True) -> list[str]:
         (RobotsTxtMiddleware, "robot_parser", ["self", "request"], True),
         (RobotsTxtMiddleware, "process_request_2", ["self", "rp", "request"], False),
         (RobotsTxtMiddleware, "_parse_robots", ["self", "response", "netloc", "request"], True),
+        (RobotsTxtMiddleware, "_robots_error", ["self", "exc", "netloc"], False),
         (RobotsTxtMiddleware, "process_request", ["self", "request", "spider"], True),
         (AutoThrottle, "_response_downloaded", ["self", "response", "request", "spider"], False),
         (AutoThrottle, "_get_slot", ["self", "request", "spider"], False),
@@ -419,7 +484,7 @@ def check_upstream(optional: bool = True) -> list[str]:
             problems.append(f"{cls.__name__}.{name} takes {_params(fn)}, not {params}")
         if inspect.iscoroutinefunction(fn) != coroutine:
             problems.append(f"{cls.__name__}.{name} is {'no longer' if coroutine else 'now'} a coroutine")
-    for attr in ("_parsers", "_robotstxt_useragent", "_default_useragent", "_stats"):
+    for attr in ("_parsers", "_parserimpl", "_robotstxt_useragent", "_default_useragent", "_stats"):
         if attr not in inspect.getsource(RobotsTxtMiddleware.__init__):
             problems.append(f"RobotsTxtMiddleware no longer sets {attr}")
     from scrapy.core.engine import ExecutionEngine, _Slot

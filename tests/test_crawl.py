@@ -617,7 +617,7 @@ def test_components_switched_off_keep_the_project_middlewares(tmp_path, spider_n
     assert spider_mw["scrapy.spidermiddlewares.referer.RefererMiddleware"] is not None
     list_only = spider_name == "image_list"
     assert (down["scrapy.downloadermiddlewares.redirect.MetaRefreshMiddleware"] is None) == list_only
-    assert (spider_mw["scrapy.spidermiddlewares.urllength.UrlLengthMiddleware"] is None) == list_only
+    assert spider_mw["scrapy.spidermiddlewares.urllength.UrlLengthMiddleware"] is None  # it dropped long URLs unrecorded
     assert crawler.settings.getbool("REMOTE_CONTROL_ENABLED") is False
 
 
@@ -728,3 +728,77 @@ def test_dns_rebinding_is_caught_when_connecting(tmp_path, site, client):
     run_cli("crawl", seed, "--work", str(tmp_path / "ok"), "--resolve", f"rebind.test:{site.host}", "--http-client", client,
             "--allow-private-addresses", check=True)
     assert by_url(crawl_rows(tmp_path / "ok"))[f"http://rebind.test:{site.port}/a.jpg"]["status"] == "ok"
+
+
+def test_malformed_urls_on_a_page_are_counted_and_the_page_is_kept(tmp_path, site):
+    """URLs that cannot be parsed or requested (an unclosed IPv6 bracket, a port out of range)
+    and a URL over Scrapy's 2,083-character limit: each image gets a row, each link is counted,
+    and the good image and link after them are still crawled."""
+    long_path = "/img/" + "l" * 2100 + ".jpg"
+    site.add(long_path, jpeg(pattern=3), content_type=IMG)
+    good = site.add("/img/good.jpg", jpeg(pattern=1), content_type=IMG)
+    site.add("/next.html", page('<img src="/img/next.jpg" alt="next">'))
+    site.add("/img/next.jpg", jpeg(pattern=2), content_type=IMG)
+    site.add("/", page('<img src="http://[::1" alt="v6"><img src="http://127.0.0.1:99999/x.jpg" alt="port">'
+                       f'<img src="{long_path}" alt="long"><img src="/img/good.jpg" alt="good">'
+                       '<a href="http://[zz/">bad</a><a href="http://127.0.0.1:70000/p.html">port</a>'
+                       '<a href="/next.html">next</a><link rel="license" href="http://[::1">'))
+    run_cli("crawl", site.url("/"), "--work", str(tmp_path), "--allow-private-addresses", "--max-depth", "1", check=True)
+    rows = by_url(crawl_rows(tmp_path))
+    assert rows["http://[::1"]["status"] == "bad_url" and "unparsable" in rows["http://[::1"]["error"]
+    assert rows["http://127.0.0.1:99999/x.jpg"]["status"] == "bad_url"
+    assert rows[site.url(long_path)]["status"] == "ok" and rows[good]["status"] == "ok"
+    assert rows[site.url("/img/next.jpg")]["status"] == "ok"
+    stats = json.loads((tmp_path / "crawl" / "stats.json").read_text())
+    assert stats["pages"] == {"ok": 2, "bad_url": 2}
+    assert stats["complete"] is True and stats["pending"] == 0
+
+
+def test_a_url_list_goes_on_past_a_url_scrapy_refuses(tmp_path, site):
+    urls = [site.add(f"/img/{i}.jpg", jpeg(pattern=i + 1), content_type=IMG) for i in range(2)]
+    bad = "http://127.0.0.1:99999/x.jpg"
+    (tmp_path / "urls.txt").write_text(f"{urls[0]}\n{bad}\n{urls[1]}\n")
+    run_cli("download", str(tmp_path / "urls.txt"), "--work", str(tmp_path / "w"), "--allow-private-addresses", check=True)
+    rows = by_url(crawl_rows(tmp_path / "w"))
+    assert [rows[u]["status"] for u in (urls[0], bad, urls[1])] == ["ok", "bad_url", "ok"]
+    assert "Port out of range" in rows[bad]["error"]
+
+
+@pytest.mark.parametrize("robots_status,expected", [(500, "robots"), (503, "robots"), (429, "robots"), (404, "ok"), (403, "ok")])
+def test_unreachable_robots_txt_disallows_the_host(tmp_path, site, robots_status, expected):
+    """RFC 9309: a robots.txt answered with a server error (or 429) is unreachable, so nothing on
+    the host is fetched; a 4xx means there is none, so everything is allowed."""
+    site.add("/robots.txt", "oops", status=robots_status, content_type="text/plain")
+    site.add("/", page('<img src="/img/a.jpg" alt="a">'))
+    site.add("/img/a.jpg", jpeg(pattern=1), content_type=IMG)
+    run_cli("crawl", site.url("/"), "--work", str(tmp_path), "--allow-private-addresses", "--retries", "0", check=True)
+    stats = json.loads((tmp_path / "crawl" / "stats.json").read_text())
+    if expected == "robots":
+        assert site.requested("/") == 0 and site.requested("/img/a.jpg") == 0
+        assert stats["pages"] == {"robots": 1}
+    else:
+        assert by_url(crawl_rows(tmp_path))[site.url("/img/a.jpg")]["status"] == "ok"
+
+
+def test_unreachable_robots_txt_is_the_evidence_of_a_refused_image(tmp_path, site):
+    site.add("/robots.txt", "oops", status=503, content_type="text/plain")
+    url = site.add("/img/a.jpg", jpeg(pattern=1), content_type=IMG)
+    (tmp_path / "urls.txt").write_text(url + "\n")
+    run_cli("download", str(tmp_path / "urls.txt"), "--work", str(tmp_path / "w"), "--allow-private-addresses",
+            "--retries", "0", check=True)
+    row = by_url(crawl_rows(tmp_path / "w"))[url]
+    assert row["status"] == "robots" and site.requested("/img/a.jpg") == 0
+    assert row["opt_out_value"] == "robots.txt unreachable (HTTP 503)"
+    assert row["error"] == "robots.txt unreachable (HTTP 503): not requested"
+
+
+def test_a_page_without_declared_encoding_reads_as_windows_1252(tmp_path, site):
+    """No BOM, no charset in Content-Type or meta, not UTF-8: a browser reads windows-1252 (Scrapy
+    alone guessed cp1250 for this short page: 'crčme brűlée')."""
+    site.add("/", "<html><head><title>Cr\u00e8me br\u00fbl\u00e9e</title></head><body>"
+                  '<img src="/img/m.jpg" alt="cr\u00e8me br\u00fbl\u00e9e \u2013 dessert"></body></html>'.encode("cp1252"),
+             content_type="text/html")
+    url = site.add("/img/m.jpg", jpeg(pattern=1), content_type=IMG)
+    run_cli("crawl", site.url("/"), "--work", str(tmp_path), "--allow-private-addresses", check=True)
+    r = by_url(crawl_rows(tmp_path))[url]
+    assert r["alt"] == "cr\u00e8me br\u00fbl\u00e9e \u2013 dessert" and r["page_title"] == "Cr\u00e8me br\u00fbl\u00e9e"

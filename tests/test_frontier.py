@@ -219,7 +219,10 @@ def build_multi_host_site(a: LocalSite, b: LocalSite, c: LocalSite) -> None:
     pages = [f"/p/{i}.html" for i in range(8)]
     a.add("/", page("".join(f'<a href="{p}">p</a>' for p in pages) + '<a href="/private/x.html">x</a>'
                     '<a href="/noai.html">n</a><a href="http://127.0.0.9:9/elsewhere.html">off</a>'
-                    f'<a href="{b.url("/b.html")}">b</a><a href="/deep/0.html">deep</a>'))
+                    f'<a href="{b.url("/b.html")}">b</a><a href="/deep/0.html">deep</a>'
+                    # URLs that cannot be parsed or requested: counted, never requested, the page kept
+                    '<a href="http://[zz/">v6</a><a href="http://127.0.0.1:70000/p.html">port</a>'
+                    '<img src="http://127.0.0.1:99999/x.jpg" alt="port">'))
     for i, path in enumerate(pages):
         imgs = "".join(f'<img src="/img/{i}-{k}.jpg" alt="image {i} {k}">' for k in range(4))
         a.add(path, page(imgs + f'<img src="{c.url(f"/cdn/{i}.jpg")}" alt="cdn {i}"><img src="/img/missing{i}.jpg">'
@@ -259,7 +262,7 @@ def test_three_workers_crawl_as_one_polite_process(tmp_path, redis_server):
     expected = {u: r["status"] for u, r in by_url(crawl_rows(single)).items()}
     got = {u: r["status"] for u, r in by_url(crawl_rows(cluster)).items()}  # by_url: each URL once
     assert got == expected
-    assert {"ok", "noai", "robots", "http_404"} <= set(got.values())
+    assert {"ok", "noai", "robots", "http_404", "bad_url"} <= set(got.values())
     workers = {parse_part_name(p.name)[0] for p in list_parts(cluster / "crawl")}
     assert len(workers) >= 2, f"the work was not shared: parts of workers {workers}"
     # Respect and politeness, from the servers' own logs.
@@ -272,7 +275,7 @@ def test_three_workers_crawl_as_one_polite_process(tmp_path, redis_server):
     # stats.json: the whole crawl, and each worker's share.
     one, many = stats_of(single), stats_of(cluster)
     assert many["complete"] and many["pending"] == 0 and (cluster / "crawl" / "_SUCCESS").is_file()
-    assert many["images"] == one["images"] and many["pages"] == one["pages"]
+    assert many["images"] == one["images"] and many["pages"] == one["pages"] and one["pages"]["bad_url"] == 2
     assert sorted(many["workers"]) == ["0", "1", "2"]
     assert sum(w["images_total"] for w in many["workers"].values()) == many["images_total"] == len(got)
 

@@ -157,7 +157,7 @@ def test_special_jpegs(engine, kind):
     r = process_image(data, ImageOptions())
     assert r.status == "ok", r.error
     assert (r.width, r.height) == (341, 256)
-    assert (r.original_width, r.original_height) == Image.open(io.BytesIO(data)).size
+    assert (r.original_width, r.original_height) == (800, 600)  # upright, as the sample is
     out = decoded(r)
     ref = area_reference(data, (341, 256))
     assert psnr(out, ref) >= 30.0
@@ -184,6 +184,25 @@ def test_non_jpegs_take_the_pillow_road_unchanged(fmt):
         imageproc.use_fast_codecs(True)
     fast = process_image(data, ImageOptions())
     assert fast == slow  # byte for byte: non-JPEGs never take the reduced road
+
+
+@pytest.mark.parametrize("mode,bits", [("I;16", 16), ("I", 16), ("I", 8), ("F", 8)])
+def test_deep_grey_images_keep_their_tones(mode, bits):
+    """16-bit grey PNGs and TIFFs (Pillow's I;16 and I) are scaled to 8 bits, not clipped to
+    white; values that fit in 8 bits are kept."""
+    ramp = np.linspace(0, 2**bits - 1, 320 * 240).reshape(240, 320)
+    if mode == "I;16":
+        img = Image.fromarray(ramp.astype(np.uint16))
+    elif mode == "I":
+        img = Image.fromarray(ramp.astype(np.int32), "I")
+    else:
+        img = Image.fromarray(ramp.astype(np.float32), "F")
+    buf = io.BytesIO()
+    img.save(buf, "PNG" if mode == "I;16" else "TIFF")
+    r = process_image(buf.getvalue(), ImageOptions())
+    assert r.status == "ok", r.error
+    out = decoded(r)[..., 0].astype(float)
+    assert abs(out.mean() - 127.5) < 3 and out[:20].mean() < 40 and out[-20:].mean() > 215  # a ramp, top to bottom
 
 
 @pytest.mark.parametrize("engine", ENGINES, indirect=True)

@@ -26,9 +26,9 @@ from twisted.python.failure import Failure
 from common.fileio import atomic_write_parquet
 from common.layout import IMAGE_PAGES_FILE
 from common.options import digest
-from common.records import PageStatus
+from common.records import PageStatus, Status
 
-from ..config import CrawlConfig
+from ..config import CrawlConfig, check_url
 from ..extract import extract_page
 from ..optout_middleware import response_opt_out
 from ..failures import failure_status
@@ -36,7 +36,7 @@ from ..frontier import Frontier, FrontierError, Leased
 from ..journal import PageEntry, PageJournal, image_page_counts, read_journal
 from ..stats import SKIPPED, write_crawl_stats
 from ..upstream import engine_closing, scraper_idle
-from .images import _IMAGE_LINK, ImagesSpider, _host_in, image_item, refusal
+from .images import _IMAGE_LINK, ImagesSpider, _host_in, image_item, refusal, with_undeclared_encoding
 
 log = logging.getLogger(__name__)
 
@@ -139,11 +139,20 @@ class ClusterImagesSpider(ImagesSpider):
             return None
         if leased.kind == "i" and "status" in leased.item:
             return dict(leased.item)  # refused when its page was parsed: the row, recorded here
-        self.inflight += 1
         if leased.kind == "i":
+            try:
+                request = self._image_request(leased.item)
+            except (ValueError, TypeError) as e:  # a URL check_url let through and Scrapy refuses
+                return {**leased.item, "status": Status.BAD_URL.value, "error": f"unusable URL: {e}"[:500]}
+            self.inflight += 1
             self.outstanding.add(leased.url)
-            return self._image_request(leased.item)
+            return request
         request = self._page_request(leased.url, leased.depth)
+        if request is None:  # counted as bad_url by _page_request; the page is finished
+            self.journal.add(PageEntry(leased.url, leased.depth, PageStatus.BAD_URL.value, [], []))
+            await self.frontier.done(leased, leased.depth)
+            return None
+        self.inflight += 1
         request.meta["cc_leased"] = leased
         return request
 
@@ -163,8 +172,11 @@ class ClusterImagesSpider(ImagesSpider):
     async def _admit_links(self, page_url: str, depth: int, links: list[str],
                            images: list[tuple[str, dict[str, Any], bool]] = ()) -> list[int]:
         cfg = self.config
+        bad = [link for link in links if check_url(link) is not None]
+        for link in bad:  # never requested: journaled here, as pages are
+            self.journal.add(PageEntry(link, depth + 1, PageStatus.BAD_URL.value, [], []))
         admit = [(link, _host_in(urlsplit(link).hostname or "", self.scope)) for link in links
-                 if not _IMAGE_LINK.search(urlsplit(link).path)]
+                 if link not in bad and not _IMAGE_LINK.search(urlsplit(link).path)]
         refused, shorter = await self.frontier.admit(page_url, depth, cfg.max_depth, cfg.max_pages, list(images), admit)
         if shorter:
             self._count("capcrawl/pages_reached_shorter", shorter)
@@ -181,6 +193,7 @@ class ClusterImagesSpider(ImagesSpider):
             elif depth > 0 and not _host_in(urlsplit(response.url).hostname or "", self.scope):
                 entry = PageEntry(url, depth, PageStatus.OFFSITE.value, [], [])  # redirected out of scope
             else:
+                response = with_undeclared_encoding(response)
                 info = extract_page(response.selector, response.url, self.agent_token)
                 # as the embedded spider: the page's own opt-outs (headers, meta) cover its images
                 opt_out = response_opt_out(response, self.agent_token, response.selector)
@@ -198,8 +211,8 @@ class ClusterImagesSpider(ImagesSpider):
         except FrontierError as e:
             self._lose(e)
         except Exception:  # a bug must not hold the page's lease forever (the cluster would wait for it)
-            log.exception("page %s could not be processed; recorded as download_error", url)
-            self.journal.add(PageEntry(url, depth, PageStatus.DOWNLOAD_ERROR.value, [], []))
+            log.exception("page %s could not be processed; recorded as parse_error", url)
+            self.journal.add(PageEntry(url, depth, PageStatus.PARSE_ERROR.value, [], []))
             await self.frontier.done(leased, depth)
         finally:
             self.inflight -= 1

@@ -22,6 +22,7 @@ from scrapy.exceptions import StopDownload
 from scrapy.http import Response, TextResponse
 from scrapy.spidermiddlewares.httperror import HttpError
 from twisted.python.failure import Failure
+from w3lib.encoding import html_body_declared_encoding, http_content_type_encoding, read_bom
 
 from common.fileio import atomic_write_parquet, remove_stale_temps
 from common.layout import IMAGE_PAGES_FILE
@@ -66,6 +67,26 @@ def image_item(ref: ImageRef, page_url: str | None, page_title: str | None) -> d
         "license_source": ref.license_source,
         "chrome": ref.chrome,
     }
+
+
+#: What a browser decodes an undeclared, non-UTF-8 page as (the HTML standard's default for
+#: most locales). Scrapy would guess with charset_normalizer, which reads a short French page
+#: as cp1250 ("crème" -> "crčme").
+UNDECLARED_ENCODING = "cp1252"
+
+
+def with_undeclared_encoding(response: TextResponse) -> TextResponse:
+    """``response`` decoded as a browser would when neither a BOM, nor its Content-Type, nor a
+    meta tag names an encoding and the body is not UTF-8: as windows-1252."""
+    body = response.body
+    ctype = (response.headers.get(b"Content-Type") or b"").decode("latin-1")
+    if read_bom(body)[0] or http_content_type_encoding(ctype) or html_body_declared_encoding(body):
+        return response
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError:
+        return response.replace(encoding=UNDECLARED_ENCODING)
+    return response
 
 
 def refusal(item: dict[str, Any], opt_out: OptOut | None) -> dict[str, Any] | None:
@@ -205,8 +226,8 @@ class ImagesSpider(scrapy.Spider):
             if self.journal.is_complete(url, self.known):
                 entry = self.journal.entries[url]
                 queue.extend((link, depth + 1) for link in entry.links)
-            else:
-                yield self._page_request(url, depth)
+            elif (request := self._page_request(url, depth)) is not None:
+                yield request
 
     def _admit_page(self, url: str, depth: int) -> bool:
         """Scope, depth and page-count checks; counts the refusals once per URL.
@@ -218,6 +239,9 @@ class ImagesSpider(scrapy.Spider):
         if known is not None:
             if depth < known:
                 self._shorter_path(url, depth)
+            return False
+        if check_url(url) is not None:
+            self.page_decisions[PageStatus.BAD_URL.value].add(url)
             return False
         if _IMAGE_LINK.search(urlsplit(url).path):
             return False  # a link to an image file, not a page
@@ -260,18 +284,24 @@ class ImagesSpider(scrapy.Spider):
             if self._admit_page(link, d):
                 if self.journal.is_complete(link, self.known):  # finished by an earlier run
                     queue.extend((nxt, d + 1) for nxt in self.journal.entries[link].links)
-                else:
-                    yield self._page_request(link, d)
+                elif (request := self._page_request(link, d)) is not None:
+                    yield request
 
-    def _page_request(self, url: str, depth: int) -> scrapy.Request:
-        return scrapy.Request(
-            url,
-            callback=self.parse_page,
-            errback=self.page_failed,
-            meta={"cc_page": url, "cc_depth": depth},
-            priority=-depth,  # shallower pages first
-            dont_filter=True,
-        )
+    def _page_request(self, url: str, depth: int) -> scrapy.Request | None:
+        """The page's request; None (the page counted as ``bad_url``) when Scrapy cannot make one."""
+        try:
+            return scrapy.Request(
+                url,
+                callback=self.parse_page,
+                errback=self.page_failed,
+                meta={"cc_page": url, "cc_depth": depth},
+                priority=-depth,  # shallower pages first
+                dont_filter=True,
+            )
+        except (ValueError, TypeError) as e:
+            log.info("page %s: bad_url (%s)", url[:200], e)
+            self.page_decisions[PageStatus.BAD_URL.value].add(url)
+            return None
 
     def parse_page(self, response: Response) -> Iterator[Any]:
         page_url = response.meta["cc_page"]
@@ -282,10 +312,16 @@ class ImagesSpider(scrapy.Spider):
         if depth > 0 and not _host_in(urlsplit(response.url).hostname or "", self.scope):
             self.journal.add(PageEntry(page_url, depth, PageStatus.OFFSITE.value, [], []))  # redirected out of scope
             return
-        info = extract_page(response.selector, response.url, self.agent_token)
-        # Opt-outs the page declares (headers, meta tags) cover the images found on it: their
-        # rows would carry the page's text. Its links are still followed.
-        opt_out = response_opt_out(response, self.agent_token, response.selector)
+        try:
+            response = with_undeclared_encoding(response)
+            info = extract_page(response.selector, response.url, self.agent_token)
+            # Opt-outs the page declares (headers, meta tags) cover the images found on it: their
+            # rows would carry the page's text. Its links are still followed.
+            opt_out = response_opt_out(response, self.agent_token, response.selector)
+        except Exception:  # a page no rule foresaw: counted, and the crawl goes on
+            log.exception("page %s could not be read; recorded as parse_error", page_url)
+            self.journal.add(PageEntry(page_url, depth, PageStatus.PARSE_ERROR.value, [], []))
+            return
         for ref in info.images:
             yield from self._image(ref, response.url, info.title, opt_out)
         status = PageStatus(opt_out.signal) if opt_out else PageStatus.OK
@@ -314,9 +350,14 @@ class ImagesSpider(scrapy.Spider):
         url = item["url"]
         if refused := refusal(item, opt_out):
             yield refused
-        else:
-            self.outstanding.add(url)
-            yield self._image_request(item)
+            return
+        try:
+            request = self._image_request(item)
+        except (ValueError, TypeError) as e:  # a URL check_url let through and Scrapy refuses
+            yield {**item, "status": Status.BAD_URL.value, "error": f"unusable URL: {e}"[:500]}
+            return
+        self.outstanding.add(url)
+        yield request
 
     def _image_request(self, item: dict[str, Any]) -> scrapy.Request:
         return scrapy.Request(
@@ -359,7 +400,6 @@ class ImageListSpider(ImagesSpider):
     # These middlewares would only cost CPU per image. (RefererMiddleware stays: the
     # redirect middleware asks for it.)
     components_off = {
-        "SPIDER_MIDDLEWARES": ("scrapy.spidermiddlewares.urllength.UrlLengthMiddleware",),
         "DOWNLOADER_MIDDLEWARES": ("scrapy.downloadermiddlewares.redirect.MetaRefreshMiddleware",),
     }
 
