@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from parsel import Selector
+from w3lib.url import safe_url_string
 
 from common.text import clean_text
 
@@ -193,7 +194,7 @@ def _image_url(img: Selector) -> str | None:
 
 
 def normalise_url(base: str, href: str, keep_unparsable: bool = False) -> str | None:
-    """Absolute http(s) URL without fragment, or None.
+    """Absolute http(s) URL without fragment, percent-encoded, or None.
 
     A URL that cannot be parsed (``http://[::1``) is None too, or, with ``keep_unparsable``,
     ``href`` as written: an image's row then says ``bad_url`` instead of the image vanishing.
@@ -205,6 +206,9 @@ def normalise_url(base: str, href: str, keep_unparsable: bool = False) -> str | 
     if url is None:
         return href if keep_unparsable else None
     try:
+        # As a browser sends it (and Scrapy requests it): percent-encoded, host in lower case,
+        # so that "a b.jpg" and "a%20b.jpg" are one image, recorded under one URL.
+        url = safe_url_string(url)
         scheme = urlsplit(url).scheme
     except ValueError:
         return href if keep_unparsable else None

@@ -282,3 +282,17 @@ def test_aiohttp_handler_sends_request_headers_without_proxy_credentials():
     sent = AiohttpHandler._request_headers(proxied)
     assert sent.to_tuple_list() == [("Accept", "image/*")]
     assert proxied.headers.get("Proxy-Authorization") == b"Basic eDp5"
+
+
+def test_page_urls_are_percent_encoded_and_unparsable_ones_kept_for_their_row():
+    """A page's URLs as a browser sends them: one URL for 'a b.jpg' and 'a%20b.jpg'. An image
+    URL that cannot be parsed keeps its text (its row says bad_url); a link that cannot is kept
+    too, for the crawl to count; unusable schemes are dropped."""
+    html = ('<base href="HTTP://Example.COM/dir/"><img src="a b.jpg" alt="1"><img src="a%20b.jpg" alt="2">'
+            '<img src="caf\u00e9.jpg?q=\u00fc v" alt="3"><img src="http://[::1" alt="4"><img src="ftp://x/y.jpg" alt="5">'
+            '<a href="p q.html#top">p</a><a href="http://h:99999/x.html">port</a><a href="mailto:x@y">m</a>')
+    info = extract_page(html, "http://example.com/")
+    assert [i.url for i in info.images] == [
+        "http://example.com/dir/a%20b.jpg", "http://example.com/dir/a%20b.jpg",
+        "http://example.com/dir/caf%C3%A9.jpg?q=%C3%BC%20v", "http://[::1"]
+    assert info.links == ["http://example.com/dir/p%20q.html", "http://h:99999/x.html"]
