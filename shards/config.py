@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,14 @@ def _cosine(value: Any) -> str | None:
     return None
 
 
+def _policy_list(text: str) -> tuple[str, ...]:
+    """``--licenses``: a list that names at least one licence (an empty one is a mistake, not "no policy")."""
+    entries = parse_list(text)
+    if not entries:
+        raise argparse.ArgumentTypeError(f"no licence id, pattern or preset in {text!r}; leave --licenses out for no policy")
+    return entries
+
+
 def _check_out(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise ConfigError(f"The output {out} exists and is not a directory; pass a directory for OUT.")
@@ -66,7 +75,7 @@ class ShardsConfig:
                         "(face_action)", choices=("blur", "drop", "keep"))
     licenses: tuple[str, ...] = option((), "--licenses", "write only samples under these licences: SPDX ids, patterns "
                                        "(CC-BY-SA-*) or presets (open, commercial), comma-separated; a sample with an "
-                                       "unknown licence is left out too (default: no policy)", parse=parse_list,
+                                       "unknown licence is left out too (default: no policy)", parse=_policy_list,
                                        metavar="ID[,ID...]")
     site_chrome: bool = option(True, "--keep-site-chrome", "with --no-filter: keep navigation icons, logos and images "
                                "repeated across a site's pages (default: dropped as site_chrome)", action="store_false")

@@ -5,7 +5,9 @@ Its id is 64 bits mixed from its ``url``, ``fetched_at`` (ms) and ``sha256``; a 
 id is confirmed on the URL, so a hash collision can never make a new record look decided.
 
 Every ``shards`` run skips the records OUT has decided on (and counts them as
-``already_published`` / ``already_decided``) before it deduplicates the rest. So a run that
+``already_published`` / ``already_decided``) before it deduplicates the rest. A record dropped
+for a reason a run's options decide (``--licenses``, ``--faces drop``; see
+``DropReason.revisited``) is decided again by every run. So a run that
 was killed after publishing some shards, and then run again, neither writes those samples
 twice nor counts them as duplicates of themselves, and a rerun with nothing new adds no drops:
 the manifest's counts describe the dataset, however many runs it took.
@@ -91,12 +93,19 @@ class Ledger:
         return found
 
 
-def dropped_records(out: Path, log_dir: str) -> pa.Table:
-    """url / sha256 / fetched_at of every record an earlier run logged as dropped."""
+def dropped_records(out: Path, log_dir: str, skip_reasons: tuple[str, ...] = ()) -> pa.Table:
+    """url / sha256 / fetched_at of every record an earlier run logged as dropped, but for those
+    dropped for one of ``skip_reasons``."""
     tables = []
     for path in sorted((out / log_dir).glob("run-*.parquet")):
         names = pq.read_schema(path).names
-        tables.append(pq.read_table(path, columns=[c for c in ID_COLUMNS if c in names]))
+        wanted = [c for c in ID_COLUMNS if c in names]
+        if skip_reasons and "reason" in names:
+            table = pq.read_table(path, columns=[*wanted, "reason"])
+            table = table.filter(pc.invert(pc.fill_null(pc.is_in(table.column("reason"), pa.array(skip_reasons)), False)))
+            tables.append(table.select(wanted))
+        else:
+            tables.append(pq.read_table(path, columns=wanted))
     return _concat(tables)
 
 

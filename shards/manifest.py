@@ -14,10 +14,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from common.records import SCHEMA_VERSION
-from shards.outdir import DEDUP_LOG_DIR, MANIFEST_FILE, REMOVALS_FILE, list_shards, read_json, stats_path, tar_path, write_json
+from common.records import REVISITED_DROPS, SCHEMA_VERSION
+from shards.ledger import ID_COLUMNS, ledger_of, record_ids
+from shards.outdir import (DEDUP_LOG_DIR, MANIFEST_FILE, REMOVALS_FILE, list_shards, read_index, read_json, stats_path,
+                           tar_path, write_json)
 
 
 def capcrawl_version() -> str:
@@ -57,10 +62,37 @@ def _sum(dicts: list[dict[str, int]]) -> dict[str, int]:
 
 
 def dropped_by_reason(out: Path) -> dict[str, int]:
-    """Drops by reason over every dedup log in OUT."""
+    """Drops by reason over every dedup log in OUT, each record counted once.
+
+    Duplicates and blocklist matches are decided once. A record dropped for a reason every run
+    decides again (:attr:`DropReason.revisited`: a licence policy, ``--faces drop``, no caption)
+    counts under its latest reason, and not at all once a later run published it or dropped it
+    as a duplicate.
+    """
     counts: Counter[str] = Counter()
+    latest: dict[int, str] = {}  # record id -> its latest revisited reason
+    urls: dict[int, str | None] = {}
+    settled: list[np.ndarray] = []  # ids of records dropped for good
     for path in sorted((out / DEDUP_LOG_DIR).glob("run-*.parquet")):
-        counts.update(pq.read_table(path, columns=["reason"]).column("reason").to_pylist())
+        names = pq.read_schema(path).names
+        table = pq.read_table(path, columns=[c for c in (*ID_COLUMNS, "reason") if c in names])
+        again = pc.fill_null(pc.is_in(table.column("reason"), pa.array(REVISITED_DROPS)), False)
+        final = table.filter(pc.invert(again))
+        counts.update(final.column("reason").to_pylist())
+        if final.num_rows and "sha256" in names:
+            settled.append(record_ids(final))
+        revisited = table.filter(again)
+        if revisited.num_rows:
+            for rid, url, reason in zip(record_ids(revisited).tolist(), revisited.column("url").to_pylist(),
+                                        revisited.column("reason").to_pylist()):
+                latest[rid], urls[rid] = reason, url
+    if latest:
+        ids = np.fromiter(latest, dtype=np.uint64, count=len(latest))
+        gone = np.isin(ids, np.concatenate(settled)) if settled else np.zeros(ids.size, dtype=bool)
+        tables = [read_index(out, name, False)[0] for name in list_shards(out)]
+        if tables:
+            gone |= ledger_of(*tables).contains(ids, [urls[i] for i in ids.tolist()])
+        counts.update(latest[i] for i, g in zip(ids.tolist(), gone.tolist()) if not g)
     return dict(sorted(counts.items()))
 
 

@@ -98,8 +98,12 @@ def next_shard_number(out: Path) -> int:
 @contextmanager
 def locked(out: Path) -> Iterator[None]:
     """Hold an exclusive lock on OUT; fail at once if another command writes it."""
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / LOCK_FILE, "a+") as fh:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fh = open(out / LOCK_FILE, "a+")
+    except OSError as e:
+        raise ConfigError(f"Cannot write to OUT {out}: {e.strerror or e}.") from e
+    with fh:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as e:

@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 from common.chrome import PageCounts
 from common.fileio import atomic_path
 from common.layout import CRAWL_DIR, SCORED_DIR, STATS_FILE
-from common.records import DropReason, FaceAction
+from common.records import REVISITED_DROPS, DropReason, FaceAction
 from shards.blocklist import Blocklist
 from shards.card import write_card
 from shards.config import ShardsConfig
@@ -70,7 +70,8 @@ def skip_decided(cands: Candidates, existing: Existing, out: Path) -> tuple[Cand
     """
     if not cands.meta.num_rows:
         return cands, 0, 0
-    decided_before = ledger_of(dropped_records(out, DEDUP_LOG_DIR), removed_records(out / REMOVALS_FILE))
+    decided_before = ledger_of(dropped_records(out, DEDUP_LOG_DIR, skip_reasons=REVISITED_DROPS),
+                               removed_records(out / REMOVALS_FILE))
     if not (len(existing.published) or len(decided_before)):  # a first run into OUT: no ids to make
         return cands, 0, 0
     ids = record_ids(cands.meta)
@@ -179,7 +180,7 @@ def apply_face_policy(record: dict[str, Any], image: bytes, policy: str) -> byte
     """The image to write under ``--faces`` (blurred where faces were found), and ``face_action``."""
     boxes = record.get("face_bboxes")
     if boxes is None:  # detection did not run (--no-filter, or the filter's --no-face-detection)
-        record["face_action"] = None
+        record["face_action"] = FaceAction.UNCHECKED.value
         return image
     if not boxes:
         record["face_action"] = FaceAction.NONE.value

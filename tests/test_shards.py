@@ -241,6 +241,8 @@ def test_no_filter_reads_crawl_parts(tmp_path):
     assert stats["crawl"] == {"images": {"ok": 4, "http_404": 1}}
     assert stats["shards"]["status"] == {"http_404": 1, Status.OK.value: 4}
     assert stats["shards"]["dropped"] == {DropReason.NO_CAPTION.value: 1}
+    assert {r["face_action"] for r in rows.values()} == {"unchecked"}  # no detection ran, and it says so
+    assert manifest["respected"]["faces"]["samples_by_action"] == {"unchecked": 3}
 
 
 def test_same_input_gives_byte_identical_shards(tmp_path):
@@ -384,12 +386,29 @@ def test_license_policy(tmp_path):
     assert lic["policy"] == ["commercial"] and lic["samples_by_license"]["CC0-1.0"] == 1
     log = {r["url"]: r["detail"] for r in dedup_log(tmp_path / "out")}
     assert log[recs[1]["url"]] == "CC-BY-NC-4.0"
+    # The same policy again decides those two again, and they count once; a run without it
+    # publishes them: what a policy left out is not lost to that OUT.
+    again = run(tmp_path / "work", tmp_path / "out", licenses=("commercial",))
+    assert again["runs"][-1]["stages"]["shards"]["written"] == 0
+    assert again["totals"]["dropped"] == {"license_not_allowed": 1, "license_unknown": 1}
+    lifted = run(tmp_path / "work", tmp_path / "out")
+    assert lifted["runs"][-1]["stages"]["shards"]["written"] == 2 and lifted["totals"]["samples"] == 6
+    assert lifted["totals"]["dropped"] == {}
     # explicit ids and patterns; no policy changes nothing
     manifest = run(tmp_path / "work", tmp_path / "out2", licenses=("CC-BY-*", "cc0-1.0"))
     assert {r["license"] for r in all_samples(tmp_path / "out2")} == {"CC-BY-4.0", "CC-BY-NC-4.0", "CC0-1.0", "CC-BY-SA-3.0-DE"}
     assert len(all_samples(tmp_path / "out3") if run(tmp_path / "work", tmp_path / "out3") else []) == 6
     with pytest.raises(ConfigError, match="--licenses"):
         ShardsConfig(work=tmp_path / "work", out=tmp_path / "o", licenses=("CC BY 4.0!",))
+
+
+def test_an_out_that_cannot_be_made_is_one_line(tmp_path):
+    write_scored_part(tmp_path / "work", 0, distinct_records(1))
+    (tmp_path / "file").write_text("not a directory")
+    with pytest.raises(ConfigError, match="Cannot write to OUT"):
+        run_shards(ShardsConfig(work=tmp_path / "work", out=tmp_path / "file" / "out"))
+    with pytest.raises(SystemExit):  # argparse: an empty policy is a mistake, not "no policy"
+        _shards_config(tmp_path / "work", tmp_path / "o", "--licenses", ",")
 
 
 def test_stage_entry_functions_survive_repeated_calls(tmp_path):
