@@ -308,6 +308,9 @@ def dropped_entries(out: Path, manifest: dict[str, Any], work: Path | None, no_f
     images = part_images(wanted)
     entries = []
     for (part, i, r, reason), info, why in zip(chosen, infos, withheld):
+        if why == "taken down":  # nothing of it: not its text, its links, nor the takedown entry that matched it
+            entries.append(Entry(None, None, None, None, None, None, reason=reason, withheld=why))
+            continue
         dup = r.get("duplicate_of_key") or r.get("duplicate_of_url")
         entries.append(Entry(info.get("caption"), info.get("caption_source"), info.get("clip_score"), info.get("license"),
                              info.get("url"), info.get("page_url"), reason=reason,

@@ -10,6 +10,7 @@ from typing import Iterator
 import pyarrow.parquet as pq
 
 from common.errors import ConfigError
+from common.text import clean_text
 
 
 def iter_url_list(path: str | Path, fmt: str, url_col: str = "url", caption_col: str | None = None) -> Iterator[tuple[str, str | None]]:
@@ -54,8 +55,7 @@ def iter_url_list(path: str | Path, fmt: str, url_col: str = "url", caption_col:
 def _cap(value: object) -> str | None:
     if value is None:
         return None
-    text = str(value).strip()
-    return text or None
+    return clean_text(str(value)) or None
 
 
 def _check_columns(path: Path, names: list[str], url_col: str, caption_col: str | None) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 
 import pytest
@@ -296,3 +297,19 @@ def test_page_urls_are_percent_encoded_and_unparsable_ones_kept_for_their_row():
         "http://example.com/dir/a%20b.jpg", "http://example.com/dir/a%20b.jpg",
         "http://example.com/dir/caf%C3%A9.jpg?q=%C3%BC%20v", "http://[::1"]
     assert info.links == ["http://example.com/dir/p%20q.html", "http://h:99999/x.html"]
+
+
+def test_captions_lose_control_and_invisible_characters(tmp_path):
+    """NUL, terminal escapes, a BOM, zero-width spaces and bidi overrides never reach a caption,
+    from a page or from a URL list; zero-width joiners (emoji, Indic scripts) stay."""
+    from common.text import clean_text
+    from crawler.urllist import iter_url_list
+
+    dirty = "\ufeffa purple\x01 square\x1b[31m red\x1b[0m\x00 \u202eevil\u202c and\u200b joined \U0001f469\u200d\U0001f4bb"
+    clean = "a purple square red evil and joined \U0001f469\u200d\U0001f4bb"
+    assert clean_text(dirty) == clean
+    info = extract_page(f'<img src="/a.jpg" alt="{dirty}">', "http://example.com/")
+    assert info.images[0].alt == clean
+    (tmp_path / "l.jsonl").write_text(json.dumps({"url": "http://example.com/a.jpg", "text": dirty}) + "\n")
+    [(url, caption)] = list(iter_url_list(tmp_path / "l.jsonl", "jsonl", caption_col="text"))
+    assert caption == clean

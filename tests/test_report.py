@@ -157,8 +157,10 @@ def test_report_command(synthetic_run, tmp_path):
     assert f"report: {out / REPORT_DIR / 'index.html'}" in proc.stdout
     html = (out / REPORT_DIR / "index.html").read_text()
     assert "<div class='meta'>000000000</div>" not in html and f"{HOSTS[0]}/img/0.jpg'" not in html
-    # nor its copy under another URL, dropped earlier as its duplicate
-    assert html.count("not shown: taken down") == 1 and "duplicate of 000000000" in html
+    # nor its copy under another URL, dropped earlier as its duplicate: a tile without its text,
+    # links or the takedown entry that matched it
+    assert html.count("not shown: taken down") == 1 and "duplicate of 000000000" not in html
+    assert str(takedown) not in html and "blocklist:" not in html
     assert re.search(r"<td>blocklisted</td><td class='n'>1</td>", html)
 
 
