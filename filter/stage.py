@@ -93,8 +93,8 @@ def decide(
     """Pick the caption of a decoded image.
 
     Its alt, if it scores at least the threshold; else the best candidate of the highest tier
-    that scores at least ``fill_threshold`` and more than the alt; else the alt (dropped) or
-    nothing. The chosen caption is kept when it scores at least the threshold, which may
+    that scores at least ``fill_threshold`` and more than the alt; else the alt (dropped), or
+    the best candidate of the highest tier (dropped), or nothing (no candidate). The chosen caption is kept when it scores at least the threshold, which may
     depend on the caption's text (per-language thresholds).
     """
     threshold_of = threshold if callable(threshold) else (lambda text: threshold)
@@ -109,8 +109,13 @@ def decide(
         return Decision(best.text, best.source, best_score, kept, None if kept else FilterReason.BELOW_THRESHOLD)
     if has_alt:
         return Decision(alt, CaptionSource.ALT, alt_score, False, FilterReason.BELOW_THRESHOLD)
-    reason = FilterReason.NO_CANDIDATE if not scored else FilterReason.BELOW_THRESHOLD
-    return Decision(None, None, None, False, reason)
+    if not scored:
+        return Decision(None, None, None, False, FilterReason.NO_CANDIDATE)
+    # Dropped, but with the caption it would have had at lower thresholds and that caption's
+    # score, as a dropped alt has: the report's histograms show how far it fell short.
+    tier = min(TIERS[c.source] for c, _ in scored)
+    best, best_score = max(((c, s) for c, s in scored if TIERS[c.source] == tier), key=lambda cs: cs[1])
+    return Decision(best.text, best.source, best_score, False, FilterReason.BELOW_THRESHOLD)
 
 
 def evidence(alt: str, alt_score: float, scored: Sequence[tuple[Candidate, float]], n: int = EVIDENCE) -> list[dict]:

@@ -68,6 +68,11 @@ def test_decide():
     # a fill threshold under the keep threshold: the caption is filled but the row is not kept
     low = decide("", float("nan"), [(title, 0.4)], 0.5, 0.3)
     assert (low.caption, low.kept, low.reason) == ("a red circle", False, FilterReason.BELOW_THRESHOLD)
+    # no alt, nothing over the fill threshold: dropped, with the caption it would have had and its score
+    context = Candidate("Circles on a page.", CaptionSource.PAGE_CONTEXT)
+    short = decide("", float("nan"), [(context, 0.35), (title, 0.2)], 0.5, 0.4)
+    assert (short.caption, short.source, short.score, short.kept, short.reason) == (
+        "a red circle", CaptionSource.TITLE, 0.2, False, FilterReason.BELOW_THRESHOLD)
 
 
 def test_human_written_text_wins_over_derived_text():
