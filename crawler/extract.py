@@ -59,20 +59,29 @@ def _text(value: str | None, limit: int | None = None) -> str | None:
 _AGENT_PREFIX = re.compile(r"^\s*([A-Za-z][\w-]*)\s*:\s*(.*)$", re.S)
 
 
-def robots_directives(value: str | None, agent: str | None = None) -> set[str]:
-    """Lower-cased directives of a robots meta content or X-Robots-Tag value.
+#: Directives written ``name: value``, which a bot-name prefix must not be mistaken for.
+_VALUED_DIRECTIVES = frozenset({"unavailable_after", "max-snippet", "max-image-preview", "max-video-preview"})
 
-    ``X-Robots-Tag: otherbot: noai`` applies to ``otherbot`` only: such a value counts
-    when ``agent`` is that bot and is ignored otherwise.
+
+def robots_directives(value: str | None, agent: str | None = None) -> set[str]:
+    """Lower-cased directives of a robots meta content or X-Robots-Tag value that apply to
+    everyone, or to ``agent``.
+
+    ``otherbot: noai`` applies to ``otherbot`` only, and a prefix holds for the directives after
+    it up to the next one: ``googlebot: noindex, capcrawl: noai`` (what a proxy makes of two
+    header lines, RFC 9110 5.3) says ``noai`` to capcrawl.
     """
     if not value:
         return set()
-    m = _AGENT_PREFIX.match(value)
-    if m and m.group(1).lower() != "unavailable_after":
-        if agent is None or m.group(1).lower() != agent.lower():
-            return set()
-        value = m.group(2)
-    return {d.strip().lower() for d in re.split(r"[,\s]+", value) if d.strip()}
+    found: set[str] = set()
+    scope: str | None = None  # the bot the directives read now are for (None: everyone)
+    for token in value.split(","):
+        m = _AGENT_PREFIX.match(token)
+        if m and m.group(1).lower() not in _VALUED_DIRECTIVES:
+            scope, token = m.group(1).lower(), m.group(2)
+        if scope is None or (agent is not None and scope == agent.lower()):
+            found.update(d.lower() for d in token.split())
+    return found
 
 
 def opt_out_in(values: list[str], agent: str | None = None) -> str | None:

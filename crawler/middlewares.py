@@ -186,7 +186,7 @@ class RetryAfterMiddleware:
     def __init__(self, crawler: Crawler):
         self.crawler = crawler
         self.max_wait = crawler.settings.getfloat("CAPCRAWL_MAX_RETRY_AFTER", 120.0)
-        self.max_retries = crawler.settings.getint("RETRY_TIMES", 2) + 1
+        self.max_retries = crawler.settings.getint("RETRY_TIMES", 2)  # --retries, as for other failures
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> "RetryAfterMiddleware":

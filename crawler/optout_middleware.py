@@ -25,6 +25,7 @@ from scrapy.exceptions import IgnoreRequest
 from scrapy.http import Response
 from scrapy.http.request import NO_CALLBACK
 from scrapy.utils.httpobj import urlparse_cached
+from twisted.internet.defer import CancelledError as TwistedCancelledError
 
 from . import optout
 from .upstream import ROBOTS_TEXT
@@ -127,6 +128,8 @@ class OptOutMiddleware:
         except IgnoreRequest as e:
             log.debug("%s not fetched: %s", url, e)
             return None
+        except TwistedCancelledError:  # the crawl is stopping: the request that asked waits for the next run
+            raise
         except Exception as e:  # a host's missing or broken file is never fatal: no rules from it
             self.stats.inc_value(f"capcrawl/opt_out_files/{name}/error")
             log.info("%s could not be fetched (%s: %s); no rules from it", url, type(e).__name__, e)

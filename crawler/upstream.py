@@ -32,6 +32,9 @@ What is here, and why:
   quiet: ~2% of the crawl process's CPU went to debug records nobody printed.
 - :data:`TWISTED_CONNECTION_ERRORS` (``twisted.web._newclient``): mapping Twisted client
   failures to ``connection_error``.
+- :func:`cancel_queued_downloads` (the downloader's ``slots`` and each slot's ``queue`` of
+  ``(request, Deferred)``): a stopping crawl fails the requests still queued for a host (a
+  long Crawl-delay) as cancelled, instead of sending them all before it closes.
 - :func:`engine_closing` / :func:`scraper_idle` (the engine's ``_slot.closing`` and the
   scraper's ``slot.is_idle()``): a crawl worker (crawler/spiders/cluster.py) feeds the
   downloader from Redis only while the engine is open, and puts its rows in a part when nothing
@@ -64,6 +67,7 @@ from scrapy.http import Headers, Response
 from scrapy.utils.httpobj import urlparse_cached
 from scrapy.utils.misc import build_from_crawler
 from scrapy.utils.python import to_unicode
+from twisted.internet.defer import CancelledError as TwistedCancelledError
 from twisted.internet.error import ConnectionRefusedError as TwistedConnectionRefused, DNSLookupError
 from twisted.web._newclient import ResponseFailed, ResponseNeverReceived
 
@@ -145,6 +149,35 @@ def engine_closing(crawler: Crawler) -> bool:
     return slot is None or slot.closing is not None
 
 
+async def until_closing(crawler: Crawler, poll: float) -> None:
+    """Return once the engine starts closing the spider (a deadline, Ctrl-C, or the end)."""
+    engine = crawler.engine
+    while getattr(engine, "_slot", None) is None:  # not open yet
+        await asyncio.sleep(poll)
+    slot = engine._slot
+    while slot.closing is None:
+        await asyncio.sleep(poll)
+
+
+def cancel_queued_downloads(crawler: Crawler) -> int:
+    """Fail the requests waiting in the downloader's per-host queues (for a Crawl-delay, a
+    back-off or a free connection) as cancelled; the number failed.
+
+    Scrapy's graceful stop sends every queued request first, so a host held at a 60 s
+    Crawl-delay kept a stopping crawl alive for minutes. Cancelled requests stay pending and
+    the next run fetches them; requests already on the wire finish.
+    """
+    from twisted.python.failure import Failure
+
+    cancelled = 0
+    for slot in list(crawler.engine.downloader.slots.values()):
+        while slot.queue:
+            _, dfd = slot.queue.popleft()
+            dfd.errback(Failure(TwistedCancelledError("stopping: fetched by the next run")))
+            cancelled += 1
+    return cancelled
+
+
 def scraper_idle(crawler: Crawler) -> bool:
     """No response or item is being processed by the spider or the item pipelines."""
     slot = crawler.engine.scraper.slot
@@ -175,6 +208,7 @@ class RobotsMiddleware(RobotsTxtMiddleware):
         self._robots_rules: dict[str, RobotsRules] = {}  # parsed from the text when a URL is refused
         self.unreachable: dict[str, str] = {}  # netloc -> why its robots.txt counts as "disallow all"
         self._ask_again: set[str] = set()  # netlocs whose robots.txt download failed to connect
+        self._stopped: set[str] = set()  # netlocs whose robots.txt download a stopping crawl cancelled
         robots_log = logging.getLogger(RobotsTxtMiddleware.__module__)
         if not any(isinstance(f, _QuietRobotsErrors) for f in robots_log.filters):
             robots_log.addFilter(_QuietRobotsErrors())
@@ -227,6 +261,10 @@ class RobotsMiddleware(RobotsTxtMiddleware):
         super()._robots_error(exc, netloc)
         if isinstance(exc, IgnoreRequest):
             return
+        if isinstance(exc, TwistedCancelledError):  # the crawl is stopping: the request waits for the next run
+            self._ask_again.add(netloc)
+            self._stopped.add(netloc)
+            return
         if isinstance(exc, ROBOTS_RETRY_ERRORS):
             log.info("robots.txt of %s: %s; asked again with the next request", netloc, type(exc).__name__)
             self._ask_again.add(netloc)
@@ -259,7 +297,11 @@ class RobotsMiddleware(RobotsTxtMiddleware):
         done = asyncio.get_running_loop().create_future()
         self._fetching[netloc] = done
         try:
-            return await super().robot_parser(request)
+            parser = await super().robot_parser(request)
+            if netloc in self._stopped:
+                self._stopped.discard(netloc)
+                raise TwistedCancelledError("stopping: fetched by the next run")
+            return parser
         finally:
             if netloc in self._ask_again:
                 self._ask_again.discard(netloc)
@@ -487,8 +529,14 @@ def check_upstream(optional: bool = True) -> list[str]:
     for attr in ("_parsers", "_parserimpl", "_robotstxt_useragent", "_default_useragent", "_stats"):
         if attr not in inspect.getsource(RobotsTxtMiddleware.__init__):
             problems.append(f"RobotsTxtMiddleware no longer sets {attr}")
+    from scrapy.core.downloader import Downloader, Slot as DownloaderSlot
     from scrapy.core.engine import ExecutionEngine, _Slot
     from scrapy.core.scraper import Slot as ScraperSlot
+
+    if "queue" not in getattr(DownloaderSlot, "__dataclass_fields__", {}):
+        problems.append("the downloader's Slot no longer has a queue")
+    if "self.slots" not in inspect.getsource(Downloader.__init__):
+        problems.append("the Downloader no longer keeps its slots in slots")
 
     if "self._slot" not in inspect.getsource(ExecutionEngine.__init__):
         problems.append("ExecutionEngine no longer keeps its slot in _slot")

@@ -802,3 +802,28 @@ def test_a_page_without_declared_encoding_reads_as_windows_1252(tmp_path, site):
     run_cli("crawl", site.url("/"), "--work", str(tmp_path), "--allow-private-addresses", check=True)
     r = by_url(crawl_rows(tmp_path))[url]
     assert r["alt"] == "cr\u00e8me br\u00fbl\u00e9e \u2013 dessert" and r["page_title"] == "Cr\u00e8me br\u00fbl\u00e9e"
+
+
+def test_a_rate_limited_image_is_asked_for_retries_plus_one_times(tmp_path, site):
+    """429 and 503 follow --retries as other failures do: 1 + 2 requests, then http_429."""
+    url = site.add("/img/busy.jpg", jpeg(pattern=1), content_type=IMG, status=429, headers={"Retry-After": "0"})
+    (tmp_path / "urls.txt").write_text(url + "\n")
+    run_cli("download", str(tmp_path / "urls.txt"), "--work", str(tmp_path / "w"), "--allow-private-addresses",
+            "--retries", "2", check=True)
+    assert by_url(crawl_rows(tmp_path / "w"))[url]["status"] == "http_429"
+    assert site.requested("/img/busy.jpg") == 3
+
+
+def test_a_stop_does_not_wait_out_a_long_crawl_delay(tmp_path, site):
+    """Stopped by --deadline (as by Ctrl-C), a crawl sends none of the requests still queued for
+    a host behind its Crawl-delay: they stay pending for the next run. Scrapy alone sent each
+    of them, 30 s apart, before it closed."""
+    site.add("/robots.txt", "User-agent: *\nCrawl-delay: 30\n", content_type="text/plain")
+    _one_page_of_images(site, 5)
+    started = time.monotonic()
+    run_cli("crawl", site.url("/"), "--work", str(tmp_path), "--allow-private-addresses", "--deadline", "3", check=True)
+    assert time.monotonic() - started < 25
+    stats = json.loads((tmp_path / "crawl" / "stats.json").read_text())
+    assert stats["finish_reason"] == "closespider_timeout" and stats["complete"] is False
+    # robots.txt, then every request to the host waits 30 s: none was sent, none is recorded as refused
+    assert [e.path for e in site.log] == ["/robots.txt"] and stats["pages"] == {} and stats["images_total"] == 0

@@ -53,6 +53,11 @@ def test_opt_out_directives():
     assert opt_out_in(["NoAI"]) == "noai"
     assert opt_out_in(["otherbot: noai"], "capcrawl") is None
     assert opt_out_in(["capcrawl: noimageai"], "capcrawl") == "noimageai"
+    # One line naming several bots (a proxy joins repeated header lines with commas): each
+    # prefix holds up to the next.
+    assert opt_out_in(["googlebot: noindex, capcrawl: noai"], "capcrawl") == "noai"
+    assert opt_out_in(["capcrawl: index, otherbot: noai"], "capcrawl") is None
+    assert opt_out_in(["max-image-preview: large, noimageai"], "capcrawl") == "noimageai"
 
 
 def test_meta_named_after_our_agent_opts_out():

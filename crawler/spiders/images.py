@@ -36,7 +36,7 @@ from ..journal import PageEntry, PageJournal, image_page_counts, load_done_urls
 from ..optout import OptOut
 from ..optout_middleware import response_opt_out
 from ..stats import SKIPPED, write_crawl_stats
-from ..upstream import engine_closing
+from ..upstream import cancel_queued_downloads, engine_closing, until_closing
 from ..urllist import iter_url_list
 
 log = logging.getLogger(__name__)
@@ -45,6 +45,8 @@ log = logging.getLogger(__name__)
 IMAGE_PRIORITY = 10
 #: Seconds between looks at the engine while it can take no more start requests.
 BACKOUT_POLL_S = 0.005
+#: How often a crawl looks whether its engine has started closing (to drop queued requests).
+STOP_POLL_S = 0.25
 _IMAGE_LINK = re.compile(r"\.(jpe?g|png|gif|webp|avif|bmp|tiff?|svg)$", re.IGNORECASE)
 
 
@@ -146,9 +148,28 @@ class ImagesSpider(scrapy.Spider):
         for name, paths in spider.components_off.items():  # merged into, not replacing, the project's dict
             crawler.settings.set(name, {**crawler.settings.getdict(name), **dict.fromkeys(paths)}, priority="spider")
         crawler.signals.connect(spider._on_closed, signal=signals.spider_closed)
+        crawler.signals.connect(spider._watch_for_stop, signal=signals.spider_opened)
+        crawler.signals.connect(spider._stop_watching, signal=signals.spider_closed)
         crawler.signals.connect(spider._bytes_received, signal=signals.bytes_received)
         spider.page_maxsize = crawler.settings.getint("DOWNLOAD_MAXSIZE")
         return spider
+
+    def _watch_for_stop(self) -> None:
+        self._stop_watch = asyncio.get_running_loop().create_task(self._drop_queued_when_stopping())
+
+    async def _drop_queued_when_stopping(self) -> None:
+        """Once the engine closes (a deadline, Ctrl-C), requests still queued for a host are not
+        sent: they stay pending for the next run (crawler.upstream.cancel_queued_downloads)."""
+        await until_closing(self.crawler, STOP_POLL_S)
+        while True:  # until the spider is closed: requests still on their way in queue up too
+            if n := cancel_queued_downloads(self.crawler):
+                log.info("stopping: %d queued requests left for the next run", n)
+            await asyncio.sleep(STOP_POLL_S)
+
+    def _stop_watching(self) -> None:
+        task = getattr(self, "_stop_watch", None)
+        if task is not None and not task.done():
+            task.cancel()
 
     def _bytes_received(self, data: bytes, request: scrapy.Request, spider: scrapy.Spider) -> None:
         """Cut a body that streams past its cap (no Content-Length to refuse it up front)."""
