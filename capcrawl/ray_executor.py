@@ -243,9 +243,10 @@ def pool_size(config: FilterConfig, resources: dict[str, float], parts: int) -> 
 
 def filter_parts(config: FilterConfig) -> dict[str, Any]:
     """Score WORK/crawl's unfinished parts on a pool of Ray actors; returns WORK/scored/stats.json."""
-    from filter.stage import collect_stats, unfinished_parts, write_done_marker
+    from filter.stage import claim_scored_dir, collect_stats, unfinished_parts, write_done_marker
 
     config.check_inputs()
+    claim_scored_dir(config)
     started = time.monotonic()
     parts, todo = unfinished_parts(config)
     rows = texts = actors = loaders = 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import itertools
+import json
 import logging
 import math
 import os
@@ -30,7 +31,7 @@ import torch
 from common.errors import ConfigError
 from common.fileio import atomic_write_bytes, atomic_write_json, atomic_write_parquet, remove_stale_temps
 from common.layout import DONE_FILE, STATS_FILE, emb_name, list_parts, parse_part_name
-from common.options import digest
+from common.options import describe, digest
 from common.chrome import PageCounts, chrome_reason
 from common.records import CRAWL_SCHEMA, SCHEMA_VERSION, SCORED_SCHEMA, CaptionSource, FilterReason, Status, conform
 from filter import columns as col
@@ -49,6 +50,12 @@ log = logging.getLogger(__name__)
 
 #: ``progress(part_name, rows_in_part, parts_done, parts_selected)``, called after each part.
 ProgressHook = Callable[[str, int, int, int], None]
+
+#: The options that decide what a scored part holds. WORK/scored is scored with one set of them,
+#: recorded in WORK/scored/options.json by its first run.
+SCORING_FIELDS = ("model", "pretrained", "precision", "threshold", "fill_threshold", "languages", "lang_thresholds",
+                  "site_chrome", "label_bank", "label_template", "generate", "detect_faces", "embeddings")
+OPTIONS_FILE = "options.json"
 
 _LABEL_CHUNK = 4096
 
@@ -576,13 +583,9 @@ def write_done_marker(config: FilterConfig, parts: list[Path]) -> None:
     marker = config.scored_dir / DONE_FILE
     every = list_parts(config.crawl_dir)
     if all((config.scored_dir / p.name).is_file() for p in every):
-        atomic_write_json({"parts": len(every), "options": digest(config, _SCORING_OPTIONS)}, marker)
+        atomic_write_json({"parts": len(every), "options": digest(config, SCORING_FIELDS)}, marker)
     else:
         marker.unlink(missing_ok=True)
-
-
-#: The options that change what the filter writes (not how fast).
-_SCORING_OPTIONS = ("model", "pretrained", "threshold", "fill_threshold", "label_bank", "label_template", "generate")
 
 
 def _scored_table(ok: pa.Table, scores: _PartScores, verdicts: list[RowVerdict]) -> pa.Table:
@@ -641,9 +644,29 @@ def collect_stats(config: FilterConfig) -> dict:
     }
 
 
+
+def claim_scored_dir(config: FilterConfig) -> None:
+    """Record the scoring options in WORK/scored, or refuse options other than those its parts were
+    scored with: a rerun that skips finished parts must not report options they never saw, and
+    one dataset must not mix thresholds."""
+    path = config.scored_dir / OPTIONS_FILE
+    mine = json.loads(json.dumps({k: v for k, v in describe(config).items() if k in SCORING_FIELDS}, default=str))
+    if path.is_file() and list_parts(config.scored_dir):
+        theirs = json.loads(path.read_text(encoding="utf-8"))
+        changed = [k for k in SCORING_FIELDS if k in theirs and theirs[k] != mine.get(k)]
+        if changed:
+            what = ", ".join(f"{k} {theirs[k]!r} (now {mine.get(k)!r})" for k in changed)
+            raise ConfigError(f"{config.scored_dir} was scored with {what}; rerun with those options, or remove "
+                              f"{config.scored_dir} to score everything again.")
+        return
+    config.scored_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(mine, path, sort_keys=True)
+
+
 def run_filter(config: FilterConfig, progress: ProgressHook | None = None) -> dict:
     """The filter stage's one entry point: load the model, score unfinished parts, return the stats."""
     config.check_inputs()
+    claim_scored_dir(config)
     stage = FilterStage(config)
     try:
         return stage.run(progress)

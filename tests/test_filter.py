@@ -253,6 +253,11 @@ def test_resume_skips_finished_parts(scored_work, tiny):
     assert (stats["parts"], stats["rows"], stats["kept"]) == (2, 9, 6), "stats cover every scored part"
     again = run_filter(filter_config(scored_work, *tiny_args(tiny)))
     assert again["this_run"]["parts_scored"] == 0 and again["this_run"]["parts_skipped"] == 2
+    # Other scoring options on the scored parts: refused, before any model loads, and nothing
+    # records options the parts never saw.
+    with pytest.raises(ConfigError, match=r"threshold .*now 0\.9.*remove"):
+        run_filter(filter_config(scored_work, *tiny_args(tiny), "--threshold", "0.9"))
+    assert json.loads((scored_work / SCORED_DIR / STATS_FILE).read_text())["threshold"] == TINY_THRESHOLD
 
 
 def test_shards_split_the_parts(tiny, tmp_path):
