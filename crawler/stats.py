@@ -47,6 +47,13 @@ def count_statuses(crawl_dir: Path, worker: int | None | bool = False) -> dict[s
     return dict(sorted(counts.items()))
 
 
+def list_key(path: str | Path) -> str:
+    """A URL list's identity across runs: its absolute path, size and modification time."""
+    p = Path(path).resolve()
+    st = p.stat()
+    return f"{p}|{st.st_size}|{st.st_mtime_ns}"
+
+
 def read_stats(crawl_dir: Path) -> dict[str, Any]:
     path = Path(crawl_dir) / STATS_FILE
     try:
@@ -81,6 +88,7 @@ def write_crawl_stats(
     options: dict[str, Any] | None = None,
     worker: int | None = None,
     worker_pages: dict[str, int] | None = None,
+    lists: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Write WORK/crawl/stats.json (and ``_SUCCESS`` when the crawl is complete); return the stats.
 
@@ -110,6 +118,7 @@ def write_crawl_stats(
         "events": dict(sorted(events.items())),
         "crawl_delay": dict(sorted(delays.items())),
         "options": run_options(options) if options is not None else previous.get("options"),
+        "lists": lists if lists is not None else previous.get("lists", {}),
         "this_run": {
             "started_at": started_at.isoformat() if started_at else None,
             "seconds": round((now - started_at).total_seconds(), 3) if started_at else None,

@@ -827,3 +827,26 @@ def test_a_stop_does_not_wait_out_a_long_crawl_delay(tmp_path, site):
     assert stats["finish_reason"] == "closespider_timeout" and stats["complete"] is False
     # robots.txt, then every request to the host waits 30 s: none was sent, none is recorded as refused
     assert [e.path for e in site.log] == ["/robots.txt"] and stats["pages"] == {} and stats["images_total"] == 0
+
+
+def test_every_line_of_every_list_into_one_work_is_counted(tmp_path, site):
+    """Two URL lists downloaded into one WORK: every line is a row or a skipped duplicate_url,
+    whether it repeats a line of its own list or a URL the other list recorded; reruns of
+    either list count nothing twice."""
+    urls = [site.add(f"/img/{i}.jpg", jpeg(pattern=i + 1), content_type=IMG) for i in range(4)]
+    first, second = tmp_path / "a.txt", tmp_path / "b.txt"
+    first.write_text("\n".join([urls[0], urls[1], urls[0]]) + "\n")  # one repeat inside the list
+    second.write_text("\n".join([urls[2], urls[1], urls[3]]) + "\n")  # urls[1]: the first list's
+    work = tmp_path / "w"
+
+    def download(lst: Path) -> dict:
+        run_cli("download", str(lst), "--work", str(work), "--allow-private-addresses", check=True)
+        return json.loads((work / "crawl" / "stats.json").read_text())
+
+    stats = download(first)
+    assert (stats["images_total"], stats["skipped"]) == (2, {"duplicate_url": 1})
+    for lst in (second, second, first):
+        stats = download(lst)
+        assert (stats["images_total"], stats["skipped"]) == (4, {"duplicate_url": 2}), lst.name
+    assert stats["images_total"] + stats["skipped"]["duplicate_url"] == 6  # the lines of both lists
+    assert site.requested("/img/1.jpg") == 1

@@ -35,7 +35,7 @@ from ..failures import failure_status
 from ..journal import PageEntry, PageJournal, image_page_counts, load_done_urls
 from ..optout import OptOut
 from ..optout_middleware import response_opt_out
-from ..stats import SKIPPED, write_crawl_stats
+from ..stats import SKIPPED, list_key, read_stats, write_crawl_stats
 from ..upstream import cancel_queued_downloads, engine_closing, until_closing
 from ..urllist import iter_url_list
 
@@ -198,6 +198,7 @@ class ImagesSpider(scrapy.Spider):
             started_at=self.started_at,
             options_digest=digest(self.config),
             options=self.config.to_dict(),
+            lists=self.list_counts() if hasattr(self, "list_counts") else None,
         )
 
     def write_page_counts(self) -> None:
@@ -426,20 +427,46 @@ class ImageListSpider(ImagesSpider):
 
     def _start_requests(self) -> Iterator[Any]:
         cfg = self.config
+        # What earlier passes over this list counted (WORK may hold other lists' rows too).
+        key = list_key(cfg.url_list)
+        before = read_stats(self.crawl_dir).get("lists", {}).get(key, {})
+        read_before = int(before.get("lines_read", 0))
+        state = self.list_state = {"list": str(cfg.url_list), "lines_read": read_before, "duplicate_url": 0,
+                                   "recorded_before": int(before.get("recorded_before", 0))}
+        self.list_id = key
         # The URLs of the list met so far in this pass, as 64-bit string hashes: ~55 bytes a URL
         # instead of ~150 for the strings (bench/README.md, 1M URLs). Two distinct URLs of one
         # list share a hash with a probability of about n^2 / 2^65 (3e-8 for a million); the
         # second would be counted as a duplicate_url.
         listed: set[int] = set()
-        for url, caption in iter_url_list(cfg.url_list, cfg.input_format, cfg.url_col, cfg.caption_col):
-            key = hash(url)
-            if key in listed:
-                self._count(SKIPPED + "duplicate_url")
+        for line, (url, caption) in enumerate(iter_url_list(cfg.url_list, cfg.input_format, cfg.url_col, cfg.caption_col)):
+            state["lines_read"] = max(read_before, line + 1)
+            h = hash(url)
+            if h in listed:
+                state["duplicate_url"] += 1
                 continue
-            listed.add(key)
+            listed.add(h)
             if url in self.known:
-                continue  # recorded by an earlier run
+                # Recorded before. By this list's own earlier pass when that pass read this far;
+                # otherwise by another list or run into the same WORK: a duplicate all the same.
+                if line >= read_before:
+                    state["recorded_before"] += 1
+                continue
             yield from self._fetch_or_refuse({"url": url, "caption_in": caption})
+
+    def list_counts(self) -> dict[str, dict[str, Any]]:
+        """Every list downloaded into WORK, with what its passes counted (this one's updated)."""
+        lists = dict(read_stats(self.crawl_dir).get("lists", {}))
+        if getattr(self, "list_state", None) is not None:
+            lists[self.list_id] = self.list_state
+        return lists
+
+    def skipped_counts(self) -> dict[str, int]:
+        """``duplicate_url``: the lines of every list into WORK whose URL an earlier line, list or
+        run had already recorded (each list's latest pass; a rerun recounts its own)."""
+        lists = self.list_counts()
+        return {"duplicate_url": sum(int(c.get("duplicate_url", 0)) + int(c.get("recorded_before", 0))
+                                     for c in lists.values())}
 
     def page_status_counts(self) -> dict[str, int]:
         return {}
