@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from common.fileio import atomic_write_parquet, publish
@@ -30,6 +31,7 @@ from shards.card import write_card
 from shards.config import RemoveConfig
 from shards.manifest import update_manifest
 from shards.outdir import (
+    DEDUP_LOG_DIR,
     REMOVALS_FILE,
     append_jsonl,
     clean_incomplete,
@@ -122,6 +124,24 @@ def _logged_keys(out: Path) -> set[str]:
     return keys
 
 
+_DUPLICATE_REASONS = (DropReason.DUPLICATE_SHA256.value, DropReason.NEAR_DUPLICATE.value,
+                      DropReason.SEMANTIC_DUPLICATE.value)
+
+
+def published_copies(out: Path, blocklist: Blocklist) -> dict[str, str]:
+    """Samples whose copy the blocklist matches where OUT dropped it as their duplicate: key ->
+    the takedown line. A takedown of the URL a copy was found at takes the published picture out
+    too (the same picture, kept under another URL)."""
+    found: dict[str, str] = {}
+    for path in sorted((out / DEDUP_LOG_DIR).glob("run-*.parquet")):
+        log_rows = pq.read_table(path, columns=["url", "sha256", "phash", "reason", "duplicate_of_key"])
+        dups = log_rows.filter(pc.is_in(log_rows.column("reason"), pa.array(_DUPLICATE_REASONS)))
+        for key, hit in zip(dups.column("duplicate_of_key").to_pylist(), blocklist.match(dups)):
+            if hit is not None and key:
+                found.setdefault(key, f"{hit} (a copy of this sample)")
+    return found
+
+
 def run_remove(config: RemoveConfig) -> dict[str, Any]:
     """Apply a takedown file to OUT; return the updated manifest."""
     out = config.out
@@ -134,9 +154,10 @@ def run_remove(config: RemoveConfig) -> dict[str, Any]:
         log_records: list[dict[str, Any]] = []
         rewritten = []
         logged = _logged_keys(out)
+        copies = published_copies(out, blocklist)
         for name in list_shards(out):
             samples = pq.read_table(parquet_path(out, name))
-            matches = blocklist.match(samples)
+            matches = [m or copies.get(k) for m, k in zip(blocklist.match(samples), samples.column("key").to_pylist())]
             drop = np.array([m is not None for m in matches], dtype=bool)
             if not drop.any():
                 continue

@@ -143,3 +143,22 @@ def test_a_takedown_covers_the_near_copies_kept_out_in_its_favour(tmp_path):
     write_scored_part(work, 1, [dict(smaller, fetched_at=datetime(2025, 1, 2, tzinfo=timezone.utc))])
     again = run_shards(ShardsConfig(work=work, out=out))
     assert samples(out) == {} and again["runs"][-1]["stages"]["shards"]["dropped"] == {"blocklisted": 1}
+
+
+def test_a_takedown_of_a_copys_url_takes_the_published_picture_out(tmp_path):
+    """The owner asks by the URL where they found their picture; OUT published the same
+    picture from another URL and dropped theirs as its duplicate. The published sample goes."""
+    data = encode(make_image(9, size=96))
+    kept = image_record(data, "https://mirror.example/pic.jpg", license="CC0-1.0", clip_score=0.9)
+    theirs = image_record(data, "https://owner.example/pic.jpg")
+    other = image_record(encode(make_image(10, size=96)), "https://owner.example/other.jpg")
+    work, out = tmp_path / "work", tmp_path / "out"
+    write_scored_part(work, 0, [kept, theirs, other])
+    first = run_shards(ShardsConfig(work=work, out=out))
+    assert first["totals"]["dropped"] == {"duplicate_sha256": 1}
+    assert set(samples(out).values()) == {kept["url"], other["url"]}
+    takedown = tmp_path / "t.txt"
+    takedown.write_text(theirs["url"] + "\n")
+    manifest = run_remove(_remove_config(out, "--takedown", str(takedown)))
+    assert set(samples(out).values()) == {other["url"]}
+    assert manifest["totals"]["removed"] == {"blocklisted": 1}
