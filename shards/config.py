@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from common.errors import ConfigError
-from common.layout import CRAWL_DIR, SCORED_DIR, emb_name, list_parts
+from common.layout import CRAWL_DIR, DONE_FILE, SCORED_DIR, STATS_FILE, emb_name, list_parts
 from common.options import check_fields, describe, option, optional, parse_list, positive, replace_frozen
 from shards.near_index import MAX_DISTANCE, validate_distance
 from shards.semantic import validate_threshold
@@ -108,6 +108,9 @@ class ShardsConfig:
     def check_inputs(self) -> None:
         """Raise ConfigError when the input parts are missing (checked when the stage starts)."""
         if not list_parts(self.input_dir):
+            if (self.input_dir / DONE_FILE).is_file():  # the stage before finished, with nothing to hand on
+                raise ConfigError(f"No parts in {self.input_dir}: the crawl recorded no image, so there is nothing to "
+                                  f"shard (see {self.work / CRAWL_DIR / STATS_FILE}).")
             hint = "run `capcrawl crawl` first" if self.no_filter else "run `capcrawl filter` first, or pass --no-filter to shard crawl parts directly"
             raise ConfigError(f"No parts found in {self.input_dir}; {hint}.")
         if self.semantic_dedup is not None:

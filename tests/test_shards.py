@@ -371,6 +371,10 @@ def test_cli_options_and_validation(tmp_path):
         _shards_config(tmp_path / "empty", tmp_path / "o").check_inputs()
     with pytest.raises(ConfigError, match="--no-filter"):
         run_shards(_shards_config(tmp_path / "empty", tmp_path / "o"))
+    (tmp_path / "empty" / "scored").mkdir(parents=True)
+    (tmp_path / "empty" / "scored" / "_SUCCESS").write_text("{}")  # the filter ran, on a crawl that found nothing
+    with pytest.raises(ConfigError, match="recorded no image"):
+        run_shards(_shards_config(tmp_path / "empty", tmp_path / "o"))
 
 
 def test_license_policy(tmp_path):
