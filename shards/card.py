@@ -223,6 +223,11 @@ def _how_built(manifest: dict[str, Any]) -> list[str]:
         lines.append(f"- Source: a crawl from {crawl_opts.get('seed_count', len(seeds)) or 'the'} seed URL(s): {shown}"
                      + (f" and {more} more" if more > 0 else "")
                      + (f"; at most {crawl_opts['max_pages']} pages, {crawl_opts['max_depth']} links deep." if "max_pages" in crawl_opts else "."))
+    works = _works(manifest)
+    if len(works) > 1:
+        lines.append(f"- OUT holds the samples of {len(works)} work directories; the source above and the crawl "
+                     "and filter counts below are the last one's. Every one, in order:")
+        lines += [f"  - `{w}`: {src}" for w, src in works.items()]
     if crawl_opts.get("user_agent"):
         lines.append(f"- User agent: `{crawl_opts['user_agent']}`.")
     if crawl_opts:
@@ -240,6 +245,23 @@ def _how_built(manifest: dict[str, Any]) -> list[str]:
     lines.append(f"- Written by capcrawl {manifest.get('capcrawl_version', '?')} (record schema {manifest.get('schema_version', '?')}), "
                  f"{len(manifest.get('runs') or [])} shards run(s), last updated {manifest.get('updated_at', '?')}.")
     return lines + [""]
+
+
+def _works(manifest: dict[str, Any]) -> dict[str, str]:
+    """Each WORK that a shards run into OUT read, in order, with what its crawl came from."""
+    works: dict[str, str] = {}
+    for run in manifest.get("runs") or []:
+        work = (run.get("options") or {}).get("work")
+        if not work:
+            continue
+        opts = ((run.get("stages") or {}).get("crawl") or {}).get("options") or {}
+        if opts.get("url_list"):
+            works[str(work)] = f"the URL list `{opts['url_list']}`"
+        elif opts.get("seeds"):
+            works[str(work)] = "a crawl from " + ", ".join(f"<{s}>" for s in opts["seeds"][:3]) + (" ..." if len(opts["seeds"]) > 3 else "")
+        else:
+            works.setdefault(str(work), "source not recorded")
+    return works
 
 
 def card_text(out: Path, manifest: dict[str, Any]) -> str:

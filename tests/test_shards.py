@@ -426,3 +426,15 @@ def test_stage_entry_functions_survive_repeated_calls(tmp_path):
     for out in ("o1", "o2"):
         assert callable(shards.run) and shards.run(ShardsConfig(work=tmp_path / "work", out=tmp_path / out))["totals"]["samples"] == 2
     assert callable(shards.remove) and callable(crawler.run) and callable(clip_filter.run)
+
+
+def test_the_card_names_every_work_directory_of_out(tmp_path):
+    write_scored_part(tmp_path / "w1", 0, distinct_records(2))
+    write_scored_part(tmp_path / "w2", 0, distinct_records(2, start=50))
+    out = tmp_path / "out"
+    run(tmp_path / "w1", out)
+    assert "work directories" not in (out / "README.md").read_text()
+    run(tmp_path / "w2", out)
+    card = (out / "README.md").read_text()
+    assert "OUT holds the samples of 2 work directories" in card
+    assert f"`{tmp_path / 'w1'}`" in card and f"`{tmp_path / 'w2'}`" in card
