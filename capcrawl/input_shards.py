@@ -252,7 +252,9 @@ def run_shard(config: CrawlConfig, shard: int, log_level: str = "WARNING", deadl
         "shard": shard,
         "rows": sum(stats.get("images", {}).values()),
         "images": stats.get("images", {}),
-        "skipped": stats.get("skipped", {}),
+        # None: the cut gave the shard each URL once and none already in WORK, so what its task
+        # skipped were only its own earlier try's rows (counted as recorded by another list).
+        "skipped": {},
         "events": stats.get("events", {}),
         "crawl_delay": stats.get("crawl_delay", {}),
         "parts": sorted(p.name for p in list_parts(config.crawl_dir) if (s := parse_shard_part_name(p.name)) and s[0] == shard),

@@ -243,14 +243,15 @@ def pool_size(config: FilterConfig, resources: dict[str, float], parts: int) -> 
 
 def filter_parts(config: FilterConfig) -> dict[str, Any]:
     """Score WORK/crawl's unfinished parts on a pool of Ray actors; returns WORK/scored/stats.json."""
-    from filter.stage import claim_scored_dir, collect_stats, unfinished_parts, write_done_marker
+    from filter.stage import check_scoring_options, collect_stats, record_scoring_options, unfinished_parts, write_done_marker
 
     config.check_inputs()
-    claim_scored_dir(config)
+    check_scoring_options(config)
     started = time.monotonic()
     parts, todo = unfinished_parts(config)
     rows = texts = actors = loaders = 0
     if todo:
+        record_scoring_options(config)
         with ray_cluster(config.ray_address) as ray:
             actors = pool_size(config, ray.cluster_resources(), len(todo))
             cpus = 1 if config.gpus_per_worker else max(1, config.workers)

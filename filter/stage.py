@@ -20,7 +20,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TYPE_CHECKING, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -54,7 +54,7 @@ ProgressHook = Callable[[str, int, int, int], None]
 #: The options that decide what a scored part holds. WORK/scored is scored with one set of them,
 #: recorded in WORK/scored/options.json by its first run.
 SCORING_FIELDS = ("model", "pretrained", "precision", "threshold", "fill_threshold", "languages", "lang_thresholds",
-                  "site_chrome", "label_bank", "label_template", "generate", "detect_faces", "embeddings")
+                  "site_chrome", "label_bank", "label_template", "generate", "detect_faces")
 OPTIONS_FILE = "options.json"
 
 _LABEL_CHUNK = 4096
@@ -535,6 +535,8 @@ class FilterStage:
             if progress:
                 progress(scored.path.name, rows, next(finished), len(parts))
 
+        if todo:
+            record_scoring_options(cfg)
         rows = self.score_and_write(todo, on_part)
         scored, skipped = len(todo), len(parts) - len(todo)
         stats = collect_stats(cfg)
@@ -645,28 +647,38 @@ def collect_stats(config: FilterConfig) -> dict:
 
 
 
-def claim_scored_dir(config: FilterConfig) -> None:
-    """Record the scoring options in WORK/scored, or refuse options other than those its parts were
-    scored with: a rerun that skips finished parts must not report options they never saw, and
-    one dataset must not mix thresholds."""
+def _scoring_options(config: FilterConfig) -> dict[str, Any]:
+    return json.loads(json.dumps({k: v for k, v in describe(config).items() if k in SCORING_FIELDS}, default=str))
+
+
+def check_scoring_options(config: FilterConfig) -> None:
+    """Refuse options other than those WORK/scored's parts were scored with: a rerun that skips
+    finished parts must not report options they never saw, and one dataset must not mix
+    thresholds. Reads only (it runs before the model loads)."""
     path = config.scored_dir / OPTIONS_FILE
-    mine = json.loads(json.dumps({k: v for k, v in describe(config).items() if k in SCORING_FIELDS}, default=str))
+    if not (path.is_file() and list_parts(config.scored_dir)):
+        return
+    theirs, mine = json.loads(path.read_text(encoding="utf-8")), _scoring_options(config)
+    changed = [k for k in SCORING_FIELDS if k in theirs and theirs[k] != mine.get(k)]
+    if changed:
+        what = ", ".join(f"{k} {theirs[k]!r} (now {mine.get(k)!r})" for k in changed)
+        raise ConfigError(f"{config.scored_dir} was scored with {what}; rerun with those options, or remove "
+                          f"{config.scored_dir} to score everything again.")
+
+
+def record_scoring_options(config: FilterConfig) -> None:
+    """WORK/scored/options.json, written before the first part is scored."""
+    path = config.scored_dir / OPTIONS_FILE
     if path.is_file() and list_parts(config.scored_dir):
-        theirs = json.loads(path.read_text(encoding="utf-8"))
-        changed = [k for k in SCORING_FIELDS if k in theirs and theirs[k] != mine.get(k)]
-        if changed:
-            what = ", ".join(f"{k} {theirs[k]!r} (now {mine.get(k)!r})" for k in changed)
-            raise ConfigError(f"{config.scored_dir} was scored with {what}; rerun with those options, or remove "
-                              f"{config.scored_dir} to score everything again.")
         return
     config.scored_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(mine, path, sort_keys=True)
+    atomic_write_json(_scoring_options(config), path, sort_keys=True)
 
 
 def run_filter(config: FilterConfig, progress: ProgressHook | None = None) -> dict:
     """The filter stage's one entry point: load the model, score unfinished parts, return the stats."""
     config.check_inputs()
-    claim_scored_dir(config)
+    check_scoring_options(config)
     stage = FilterStage(config)
     try:
         return stage.run(progress)
