@@ -3,7 +3,8 @@
 The list is cut into ``WORK/crawl/_input/shard-NNNNN.parquet`` (columns ``url``, ``caption``)
 once, with ``cut.json`` describing the cut. A URL repeated in the list goes to one shard only
 and is counted as ``skipped/duplicate_url``, as the local download counts it; a URL already
-recorded in WORK/crawl (by an earlier local run) goes to none.
+recorded in WORK/crawl (by an earlier run or list) goes to none, and is counted as
+``skipped/duplicate_url`` too.
 
 A shard is downloaded by :func:`run_shard`: the crawl stage, in a fresh process (a Scrapy crawl
 runs its event loop once per process), downloads the shard into the shard's own work directory
@@ -364,7 +365,7 @@ def download_stats(config: CrawlConfig, cut: Cut, finished_now: list[dict[str, A
     incomplete shards that have no row yet.
     """
     from common.options import digest
-    from crawler.stats import CRAWL_DELAY, IMAGES, PREFIX, SCRAPY_EVENTS, write_crawl_stats
+    from crawler.stats import CRAWL_DELAY, IMAGES, PREFIX, SCRAPY_EVENTS, list_key, read_stats, write_crawl_stats
 
     pending = sum(cut.shard_rows(s) - recorded_rows(config.crawl_dir, s)
                   for s in cut.shards if read_marker(config, s) is None)
@@ -376,7 +377,13 @@ def download_stats(config: CrawlConfig, cut: Cut, finished_now: list[dict[str, A
             events[IMAGES + status] += n
         for host, delay in marker.get("crawl_delay", {}).items():
             events[CRAWL_DELAY + host] = delay
-    skipped = {"duplicate_url": cut.duplicate_url}
+    # As a local download counts them: this list's repeats and its URLs WORK already held, beside
+    # the counts of every other list downloaded into WORK (stats.json "lists").
+    lists = dict(read_stats(config.crawl_dir).get("lists", {}))
+    lists[list_key(config.url_list)] = {"list": str(config.url_list), "lines_read": cut.duplicate_url + cut.already_recorded
+                                        + sum(cut.rows), "duplicate_url": cut.duplicate_url,
+                                        "recorded_before": cut.already_recorded}
+    skipped = {"duplicate_url": sum(int(c.get("duplicate_url", 0)) + int(c.get("recorded_before", 0)) for c in lists.values())}
     for marker in finished_now:
         for key, n in marker.get("skipped", {}).items():
             skipped[key] = skipped.get(key, 0) + n
@@ -390,6 +397,7 @@ def download_stats(config: CrawlConfig, cut: Cut, finished_now: list[dict[str, A
         finish_reason=finish_reason,
         started_at=started_at,
         options_digest=digest(config),
+        lists=lists,
     )
 
 

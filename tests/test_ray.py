@@ -331,3 +331,19 @@ def test_cut_dedups_and_a_new_list_continues_the_shard_numbers(tmp_path):
     pq.write_table(pa.table({"url": ["http://h.example/1.jpg"], "status": ["ok"]}), crawl / "part-s00000-00000.parquet")
     cut2 = input_shards.cut_url_list(other)
     assert (cut2.shards, cut2.rows, cut2.already_recorded) == ([3], (1,), 1)
+
+
+def test_ray_download_counts_urls_work_already_holds(tmp_path, site, ray_address):
+    """A list downloaded on Ray into a WORK where a local download recorded some of its URLs:
+    those are skipped/duplicate_url, as a local download counts them, beside the first list's."""
+    urls = [site.add(f"/img/r{i}.jpg", jpeg(pattern=i + 1), content_type="image/jpeg") for i in range(4)]
+    first, second = tmp_path / "a.txt", tmp_path / "b.txt"
+    first.write_text("\n".join([urls[0], urls[1], urls[0]]) + "\n")
+    second.write_text("\n".join([urls[1], urls[2], urls[3], urls[2]]) + "\n")
+    work = tmp_path / "w"
+    run_cli("download", str(first), "--work", str(work), ALLOW, check=True)
+    run_cli("download", str(second), "--work", str(work), ALLOW, "--executor", "ray", "--ray-address", ray_address,
+            "--shard-rows", "2", check=True)
+    stats = _stats(work)
+    assert stats["images_total"] == 4 and stats["skipped"] == {"duplicate_url": 3}  # one repeat in each list, urls[1]
+    assert stats["images_total"] + stats["skipped"]["duplicate_url"] == 7  # every line of both lists
