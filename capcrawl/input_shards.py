@@ -365,7 +365,7 @@ def download_stats(config: CrawlConfig, cut: Cut, finished_now: list[dict[str, A
     incomplete shards that have no row yet.
     """
     from common.options import digest
-    from crawler.stats import CRAWL_DELAY, IMAGES, PREFIX, SCRAPY_EVENTS, list_key, read_stats, write_crawl_stats
+    from crawler.stats import CRAWL_DELAY, IMAGES, PREFIX, SCRAPY_EVENTS, list_entry, list_key, list_skips, read_stats, write_crawl_stats
 
     pending = sum(cut.shard_rows(s) - recorded_rows(config.crawl_dir, s)
                   for s in cut.shards if read_marker(config, s) is None)
@@ -380,10 +380,9 @@ def download_stats(config: CrawlConfig, cut: Cut, finished_now: list[dict[str, A
     # As a local download counts them: this list's repeats and its URLs WORK already held, beside
     # the counts of every other list downloaded into WORK (stats.json "lists").
     lists = dict(read_stats(config.crawl_dir).get("lists", {}))
-    lists[list_key(config.url_list)] = {"list": str(config.url_list), "lines_read": cut.duplicate_url + cut.already_recorded
-                                        + sum(cut.rows), "duplicate_url": cut.duplicate_url,
-                                        "recorded_before": cut.already_recorded}
-    skipped = {"duplicate_url": sum(int(c.get("duplicate_url", 0)) + int(c.get("recorded_before", 0)) for c in lists.values())}
+    lists[list_key(config.url_list)] = list_entry(config.url_list, cut.duplicate_url + cut.already_recorded + sum(cut.rows),
+                                                  cut.duplicate_url, cut.already_recorded)
+    skipped = list_skips(lists)
     for marker in finished_now:
         for key, n in marker.get("skipped", {}).items():
             skipped[key] = skipped.get(key, 0) + n

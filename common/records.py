@@ -124,18 +124,12 @@ class DropReason(ValueEnum):
     LICENSE_UNKNOWN = "license_unknown"  # --licenses: no licence recorded
     LICENSE_NOT_ALLOWED = "license_not_allowed"  # --licenses: a licence outside the policy
 
-    @property
-    def revisited(self) -> bool:
-        """Decided by a run's options or by the record's own fields, not by OUT's other samples:
-        every run decides it again (a rerun without ``--licenses`` publishes what a policy left
-        out). Duplicates and blocklist matches stay decided."""
-        return self in _REVISITED_DROPS
 
-
-_REVISITED_DROPS = frozenset({DropReason.NO_CAPTION, DropReason.SITE_CHROME, DropReason.FACES,
-                              DropReason.LICENSE_UNKNOWN, DropReason.LICENSE_NOT_ALLOWED})
-#: The values of the drop reasons every run decides again (:attr:`DropReason.revisited`).
-REVISITED_DROPS = tuple(sorted(r.value for r in _REVISITED_DROPS))
+#: Drop reasons decided by a run's options or by the record's own fields, not by OUT's other
+#: samples: every run decides them again (a rerun without ``--licenses`` publishes what a policy
+#: left out). Duplicates and blocklist matches stay decided.
+REVISITED_DROPS = tuple(sorted(r.value for r in (DropReason.NO_CAPTION, DropReason.SITE_CHROME, DropReason.FACES,
+                                                 DropReason.LICENSE_UNKNOWN, DropReason.LICENSE_NOT_ALLOWED)))
 
 
 class FaceAction(ValueEnum):

@@ -54,6 +54,18 @@ def list_key(path: str | Path) -> str:
     return f"{p}|{st.st_size}|{st.st_mtime_ns}"
 
 
+def list_entry(path: str | Path, lines_read: int, duplicate_url: int, recorded_before: int) -> dict[str, Any]:
+    """What stats.json's ``lists`` keeps of one URL list: the lines read so far, its repeats
+    (recounted by every pass), and its URLs that WORK held before this list reached them."""
+    return {"list": str(path), "lines_read": lines_read, "duplicate_url": duplicate_url,
+            "recorded_before": recorded_before}
+
+
+def list_skips(lists: dict[str, dict[str, Any]]) -> dict[str, int]:
+    """``skipped`` of a WORK holding these lists: every line that is no row of its own."""
+    return {"duplicate_url": sum(int(c.get("duplicate_url", 0)) + int(c.get("recorded_before", 0)) for c in lists.values())}
+
+
 def read_stats(crawl_dir: Path) -> dict[str, Any]:
     path = Path(crawl_dir) / STATS_FILE
     try:

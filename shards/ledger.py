@@ -7,7 +7,7 @@ id is confirmed on the URL, so a hash collision can never make a new record look
 Every ``shards`` run skips the records OUT has decided on (and counts them as
 ``already_published`` / ``already_decided``) before it deduplicates the rest. A record dropped
 for a reason a run's options decide (``--licenses``, ``--faces drop``; see
-``DropReason.revisited``) is decided again by every run. So a run that
+``common.records.REVISITED_DROPS``) is decided again by every run. So a run that
 was killed after publishing some shards, and then run again, neither writes those samples
 twice nor counts them as duplicates of themselves, and a rerun with nothing new adds no drops:
 the manifest's counts describe the dataset, however many runs it took.

@@ -65,7 +65,7 @@ def dropped_by_reason(out: Path) -> dict[str, int]:
     """Drops by reason over every dedup log in OUT, each record counted once.
 
     Duplicates and blocklist matches are decided once. A record dropped for a reason every run
-    decides again (:attr:`DropReason.revisited`: a licence policy, ``--faces drop``, no caption)
+    decides again (``REVISITED_DROPS``: a licence policy, ``--faces drop``, no caption)
     counts under its latest reason, and not at all once a later run published it or dropped it
     as a duplicate.
     """

@@ -26,7 +26,7 @@ from twisted.python.failure import Failure
 from common.fileio import atomic_write_parquet
 from common.layout import IMAGE_PAGES_FILE
 from common.options import digest
-from common.records import PageStatus, Status
+from common.records import PageStatus
 
 from ..config import CrawlConfig, check_url
 from ..extract import extract_page
@@ -36,7 +36,7 @@ from ..frontier import Frontier, FrontierError, Leased
 from ..journal import PageEntry, PageJournal, image_page_counts, read_journal
 from ..stats import SKIPPED, write_crawl_stats
 from ..upstream import engine_closing, scraper_idle
-from .images import _IMAGE_LINK, ImagesSpider, _host_in, image_item, refusal, with_undeclared_encoding
+from .images import _IMAGE_LINK, ImagesSpider, _host_in, image_item, refusal, unrequestable, with_undeclared_encoding
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +143,7 @@ class ClusterImagesSpider(ImagesSpider):
             try:
                 request = self._image_request(leased.item)
             except (ValueError, TypeError) as e:  # a URL check_url let through and Scrapy refuses
-                return {**leased.item, "status": Status.BAD_URL.value, "error": f"unusable URL: {e}"[:500]}
+                return unrequestable(leased.item, e)
             self.inflight += 1
             self.outstanding.add(leased.url)
             return request
@@ -172,7 +172,7 @@ class ClusterImagesSpider(ImagesSpider):
     async def _admit_links(self, page_url: str, depth: int, links: list[str],
                            images: list[tuple[str, dict[str, Any], bool]] = ()) -> list[int]:
         cfg = self.config
-        bad = [link for link in links if check_url(link) is not None]
+        bad = {link for link in links if check_url(link) is not None}
         for link in bad:  # never requested: journaled here, as pages are
             self.journal.add(PageEntry(link, depth + 1, PageStatus.BAD_URL.value, [], []))
         admit = [(link, _host_in(urlsplit(link).hostname or "", self.scope)) for link in links

@@ -35,7 +35,7 @@ from ..failures import failure_status
 from ..journal import PageEntry, PageJournal, image_page_counts, load_done_urls
 from ..optout import OptOut
 from ..optout_middleware import response_opt_out
-from ..stats import SKIPPED, list_key, read_stats, write_crawl_stats
+from ..stats import SKIPPED, list_entry, list_key, list_skips, read_stats, write_crawl_stats
 from ..upstream import cancel_queued_downloads, engine_closing, until_closing
 from ..urllist import iter_url_list
 
@@ -89,6 +89,11 @@ def with_undeclared_encoding(response: TextResponse) -> TextResponse:
     except UnicodeDecodeError:
         return response.replace(encoding=UNDECLARED_ENCODING)
     return response
+
+
+def unrequestable(item: dict[str, Any], error: Exception) -> dict[str, Any]:
+    """The row of an image whose URL passed :func:`check_url` but Scrapy cannot request."""
+    return {**item, "status": Status.BAD_URL.value, "error": f"unusable URL: {error}"[:500]}
 
 
 def refusal(item: dict[str, Any], opt_out: OptOut | None) -> dict[str, Any] | None:
@@ -198,7 +203,7 @@ class ImagesSpider(scrapy.Spider):
             started_at=self.started_at,
             options_digest=digest(self.config),
             options=self.config.to_dict(),
-            lists=self.list_counts() if hasattr(self, "list_counts") else None,
+            lists=self.list_counts(),
         )
 
     def write_page_counts(self) -> None:
@@ -208,6 +213,10 @@ class ImagesSpider(scrapy.Spider):
             atomic_write_parquet(table, self.crawl_dir / IMAGE_PAGES_FILE)
 
     # --- counts for the stats -------------------------------------------------------
+
+    def list_counts(self) -> dict[str, dict[str, Any]] | None:
+        """stats.json's ``lists`` (None: a crawl from seeds keeps the earlier ones as they are)."""
+        return None
 
     def page_status_counts(self) -> dict[str, int]:
         counts = self.journal.status_counts()
@@ -376,7 +385,7 @@ class ImagesSpider(scrapy.Spider):
         try:
             request = self._image_request(item)
         except (ValueError, TypeError) as e:  # a URL check_url let through and Scrapy refuses
-            yield {**item, "status": Status.BAD_URL.value, "error": f"unusable URL: {e}"[:500]}
+            yield unrequestable(item, e)
             return
         self.outstanding.add(url)
         yield request
@@ -428,19 +437,19 @@ class ImageListSpider(ImagesSpider):
     def _start_requests(self) -> Iterator[Any]:
         cfg = self.config
         # What earlier passes over this list counted (WORK may hold other lists' rows too).
-        key = list_key(cfg.url_list)
-        before = read_stats(self.crawl_dir).get("lists", {}).get(key, {})
+        self.lists_before = read_stats(self.crawl_dir).get("lists", {})
+        before = self.lists_before.get(list_key(cfg.url_list), {})
         read_before = int(before.get("lines_read", 0))
-        state = self.list_state = {"list": str(cfg.url_list), "lines_read": read_before, "duplicate_url": 0,
-                                   "recorded_before": int(before.get("recorded_before", 0))}
-        self.list_id = key
+        self.list_pass = {"lines": 0, "duplicate_url": 0, "recorded_before": int(before.get("recorded_before", 0)),
+                          "read_before": read_before}
+        state = self.list_pass
         # The URLs of the list met so far in this pass, as 64-bit string hashes: ~55 bytes a URL
         # instead of ~150 for the strings (bench/README.md, 1M URLs). Two distinct URLs of one
         # list share a hash with a probability of about n^2 / 2^65 (3e-8 for a million); the
         # second would be counted as a duplicate_url.
         listed: set[int] = set()
         for line, (url, caption) in enumerate(iter_url_list(cfg.url_list, cfg.input_format, cfg.url_col, cfg.caption_col)):
-            state["lines_read"] = max(read_before, line + 1)
+            state["lines"] = line + 1
             h = hash(url)
             if h in listed:
                 state["duplicate_url"] += 1
@@ -456,17 +465,17 @@ class ImageListSpider(ImagesSpider):
 
     def list_counts(self) -> dict[str, dict[str, Any]]:
         """Every list downloaded into WORK, with what its passes counted (this one's updated)."""
-        lists = dict(read_stats(self.crawl_dir).get("lists", {}))
-        if getattr(self, "list_state", None) is not None:
-            lists[self.list_id] = self.list_state
+        lists = dict(getattr(self, "lists_before", {}))
+        if (done := getattr(self, "list_pass", None)) is not None:
+            cfg = self.config
+            lists[list_key(cfg.url_list)] = list_entry(cfg.url_list, max(done["read_before"], done["lines"]),
+                                                       done["duplicate_url"], done["recorded_before"])
         return lists
 
     def skipped_counts(self) -> dict[str, int]:
         """``duplicate_url``: the lines of every list into WORK whose URL an earlier line, list or
         run had already recorded (each list's latest pass; a rerun recounts its own)."""
-        lists = self.list_counts()
-        return {"duplicate_url": sum(int(c.get("duplicate_url", 0)) + int(c.get("recorded_before", 0))
-                                     for c in lists.values())}
+        return list_skips(self.list_counts())
 
     def page_status_counts(self) -> dict[str, int]:
         return {}
