@@ -10,6 +10,7 @@ import re
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+from lxml import etree
 from parsel import Selector
 from w3lib.url import safe_url_string
 
@@ -22,6 +23,9 @@ from .pagetext import CONTEXT_CHARS, TextRenderer, image_context
 from .urls import join_url
 
 OPT_OUT_DIRECTIVES = frozenset({"noai", "noimageai", "noml"})
+#: Longest alt or title text kept: longer text is cut at a word boundary (an alt of tens of
+#: thousands of characters is a page pasted into an attribute, not a caption).
+ALT_CHARS = 1000
 
 
 @dataclass
@@ -138,8 +142,9 @@ def _has_rel(token: str) -> str:
     return f"contains(concat(' ', normalize-space(translate(@rel, 'LICENS', 'licens')), ' '), ' {token} ')"
 
 
-def _figure_license(img: Selector, base: str) -> tuple[str | None, str | None]:
-    href = img.xpath(f"ancestor::figure[1]//a[{_has_rel('license')}]/@href").get()
+def _figure_license(img: etree._Element, base: str) -> tuple[str | None, str | None]:
+    hrefs = img.xpath(f"ancestor::figure[1]//a[{_has_rel('license')}]/@href")
+    href = str(hrefs[0]) if hrefs else None
     if not href:
         return None, None
     url = join_url(base, href)
@@ -202,6 +207,46 @@ def _image_url(img: Selector) -> str | None:
     return (img.attrib.get("src") or "").strip() or None
 
 
+#: Inert or hidden markup: a browser shows no image inside it (``<noscript>`` fallbacks are
+#: kept: they name the real image of a lazy-loading one, and one URL is one image).
+_INERT = "ancestor::template"
+#: ``url(...)`` in an inline style's background (quotes optional).
+_CSS_URL = re.compile(r"""background(?:-image)?\s*:[^;]*?url\(\s*(['"]?)(.*?)\1\s*\)""", re.I | re.S)
+#: File names that an <object>/<embed> without a type is taken as an image for.
+_IMAGE_FILE = re.compile(r"\.(?:jpe?g|png|gif|webp|avif|bmp|tiff?|svg)(?:[?#]|$)", re.I)
+
+
+def _image_elements(sel: Selector):
+    """``(element, raw url, alt, title)`` of every image a browser would show, in document order.
+
+    ``<img>`` (srcset, ``<picture>`` and lazy-loading attributes read), SVG ``<image>``,
+    ``<object>``/``<embed>`` of an image type or file name, and inline-style CSS backgrounds;
+    nothing inside ``<template>``. Only an ``<img>`` has alt text.
+    """
+    query = (
+        f"//img[not({_INERT})]"
+        f" | //*[local-name()='image'][not({_INERT})]"
+        f" | //object[@data][not({_INERT})] | //embed[@src][not({_INERT})]"
+        f" | //*[@style][contains(translate(@style, 'URL', 'url'), 'url(')][not({_INERT})]"
+    )
+    for node in sel.xpath(query):
+        el = node.root
+        tag = el.tag if isinstance(el.tag, str) else ""
+        title = el.get("title")
+        if tag == "img":
+            yield el, _image_url(node), el.get("alt"), title
+        elif tag == "image" or tag.endswith(":image"):
+            href = el.get("href") or next((v for k, v in el.attrib.items() if k.endswith("href")), None)
+            yield el, (href or "").strip() or None, None, title
+        elif tag in ("object", "embed"):
+            raw = (el.get("data") if tag == "object" else el.get("src")) or ""
+            kind = (el.get("type") or "").strip().lower()
+            if kind.startswith("image/") or (not kind and _IMAGE_FILE.search(raw)):
+                yield el, raw.strip() or None, None, title
+        for m in _CSS_URL.finditer(el.get("style") or ""):
+            yield el, m.group(2).strip() or None, None, title
+
+
 def normalise_url(base: str, href: str, keep_unparsable: bool = False) -> str | None:
     """Absolute http(s) URL without fragment, percent-encoded, or None.
 
@@ -249,26 +294,25 @@ def extract_page(html: str | Selector, page_url: str, agent_token: str = "capcra
     structured = _structured_image_licenses(sel, base)
     renderer, context_renderer = TextRenderer(), TextRenderer(blank_figures=True)
     nav_targets = nav_link_targets(sel.root, base)
-    for img in sel.xpath("//img"):
-        raw = _image_url(img)
+    seen_images: set[str] = set()
+    for el, raw, alt, title in _image_elements(sel):
         if not raw or raw.startswith("data:"):
             info.data_uris += 1 if raw else 0
             continue
         url = normalise_url(base, raw, keep_unparsable=True)
-        if not url:
+        if not url or (el.tag != "img" and url in seen_images):  # a CSS or <object> copy of an <img> adds nothing
             continue
-        caption = find_caption(img.root, renderer)
+        seen_images.add(url)
+        caption = find_caption(el, renderer)
         ref = ImageRef(
             url=url,
-            alt=img.attrib.get("alt"),
-            title_attr=_text(img.attrib.get("title")),
+            alt=None if alt is None else clean_text(alt, ALT_CHARS),
+            title_attr=_text(title, ALT_CHARS),
             figcaption=caption[0] if caption else None,
-            context=image_context(img.root, context_renderer),
-            chrome=chrome_reason(img.root, nav_targets, base, renderer),
+            context=image_context(el, context_renderer),
+            chrome=chrome_reason(el, nav_targets, base, renderer),
         )
-        if ref.alt is not None:
-            ref.alt = clean_text(ref.alt)
-        lic, lurl = _figure_license(img, base)
+        lic, lurl = _figure_license(el, base)
         if lurl:
             ref.license, ref.license_url, ref.license_source = lic, lurl, "figure:a-rel"
         elif url in structured:

@@ -599,3 +599,35 @@ def test_a_link_that_is_both_prev_and_up_reads_prev():
     head = '<link rel="up" href="apcs01.html" /><link rel="prev" href="apcs01.html" />'
     body = '<div class="navheader"><a accesskey="p" href="apcs01.html"><img src="images/prev.png" alt="Prev" /></a></div>'
     assert refs(body, head=head)["prev.png"].chrome == "link:prev"
+
+
+def test_images_outside_img_tags_are_collected_and_template_ones_are_not():
+    """SVG <image>, <object>/<embed> of an image, and inline CSS backgrounds are images a
+    browser shows (with no alt); <template> content is never shown; an <object> of a PDF,
+    an <embed> of a plugin and a data: background are no images (data: ones are counted)."""
+    body = ('<template><img src="/t.jpg" alt="inert"></template>'
+            '<p>Dunes at dusk<svg><image href="/s1.png"/><image xlink:href="/s2.png"/></svg></p>'
+            '<object data="/o.jpg"></object><object data="/doc.pdf" type="application/pdf"></object>'
+            '<object data="/render?id=3" type="image/png"></object><embed src="/e.webp"><embed src="/movie.swf">'
+            '<div style="color: red; background-image: url(\'/bg.jpg\')">Hero</div>'
+            '<div style="background:#fff url(/bg2.png) no-repeat"></div>'
+            '<div style="background: url(data:image/png;base64,AAA)"></div>'
+            '<img src="/a.jpg" alt="A"><div style="background-image:url(/a.jpg)"></div>'
+            '<nav><span style="background-image:url(/logo.png)"></span></nav>')
+    info = extract_page(f"<html><body>{body}</body></html>", PAGE)
+    names = [r.url.rsplit("/", 1)[-1] for r in info.images]
+    assert names == ["s1.png", "s2.png", "o.jpg", "render?id=3", "e.webp", "bg.jpg", "bg2.png", "a.jpg", "logo.png"]
+    by_name = dict(zip(names, info.images))
+    assert all(by_name[n].alt is None for n in names if n != "a.jpg") and by_name["a.jpg"].alt == "A"
+    assert by_name["s1.png"].context == "Dunes at dusk"
+    assert by_name["logo.png"].chrome == "nav" and by_name["bg.jpg"].chrome is None
+    assert info.data_uris == 1
+
+
+def test_alt_and_title_text_are_capped_at_a_word_boundary():
+    from crawler.extract import ALT_CHARS
+
+    info = extract_page(f'<img src="/a.jpg" alt="{"word " * 10_000}" title="{"t " * 5_000}">', PAGE)
+    ref = info.images[0]
+    assert 0 < len(ref.alt) <= ALT_CHARS and ref.alt.endswith("word")
+    assert 0 < len(ref.title_attr) <= ALT_CHARS
