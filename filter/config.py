@@ -123,9 +123,11 @@ class FilterConfig:
 
             check_available()
         if self.languages or self.threshold_by_lang:
-            from filter.language import check_available
+            from filter.language import check_available, check_codes
 
             check_available()
+            check_codes(self.languages, "--languages")
+            check_codes([code for code, _ in self.threshold_by_lang], "--lang-threshold")
         if self.gpus_per_worker:
             return  # the device is checked on the actors' machines (this one may have no GPU)
         from filter.model import autocast_dtype, resolve_device  # torch is imported only when filtering

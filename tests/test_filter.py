@@ -481,6 +481,10 @@ def test_languages_and_per_language_thresholds(tiny, tmp_path):
     assert not got[en][col.KEPT]
     with pytest.raises(ConfigError, match="LANG=T"):
         filter_config(tmp_path, "--lang-threshold", "de:0.2")
+    with pytest.raises(ConfigError, match="--languages: xx is not a language"):
+        filter_config(tmp_path, "--languages", "en,xx")
+    with pytest.raises(ConfigError, match="--lang-threshold: qq is not a language"):
+        filter_config(tmp_path, "--lang-threshold", "qq=0.2")
 
 
 def test_caption_candidates_are_the_evidence(tiny, tmp_path):
