@@ -261,11 +261,24 @@ def _position_pairs(starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Every pair of positions ``(p, q)``, ``p < q``, inside the runs of equal keys that ``starts`` marks.
 
     ``starts`` (sorted) holds each position whose successor has the same key, so a run of
-    ``r`` equal words shows as ``r - 1`` consecutive positions; most runs are pairs.
+    ``r`` equal words shows as ``r - 1`` consecutive positions. Most runs are pairs: their
+    starts stand alone and pair with their successor directly; only the positions of longer
+    runs go through the general (repeat and cumsum) construction.
     """
     chained = np.diff(starts) == 1
     if not chained.any():  # runs of two only
         return starts, starts + 1
+    linked = np.zeros(starts.size, dtype=bool)
+    linked[:-1] |= chained
+    linked[1:] |= chained
+    alone = starts[~linked]
+    firsts, seconds = _long_run_pairs(starts[linked])
+    return np.concatenate([alone, firsts]), np.concatenate([alone + 1, seconds])
+
+
+def _long_run_pairs(starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_position_pairs` for ``starts`` of runs of three or more words."""
+    chained = np.diff(starts) == 1
     last_of_run = np.flatnonzero(~chained)  # indexes into starts where a run ends
     run_last = np.concatenate([starts[last_of_run], starts[-1:]]) + 1  # last position of each run
     sizes = np.diff(np.concatenate([[-1], last_of_run, [starts.size - 1]]))  # starts per run

@@ -12,6 +12,7 @@ from shards.near_index import (
     MAX_DISTANCE,
     BlockPlan,
     _greedy_cover,
+    _position_pairs,
     _uncovered,
     near_pairs,
     near_pairs_between,
@@ -223,3 +224,30 @@ def test_validate_distance_rejects(bad):
 
 def test_validate_distance_accepts_numpy_ints():
     assert validate_distance(np.int64(4)) == 4
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_position_pairs_are_every_pair_inside_each_run(seed):
+    """Runs of 2 (the fast path) mixed with longer runs, adjacent or not: every pair of
+    positions inside a run, once, and none across runs."""
+    rng = np.random.default_rng(seed)
+    runs, pos = [], 0
+    for _ in range(300):
+        pos += int(rng.integers(0, 4))  # 0: a run starts right after the previous one
+        size = int(rng.choice([2, 2, 2, 2, 3, 4, 7]))
+        runs.append(range(pos, pos + size))
+        pos += size
+    # a run of r words shows as its first r - 1 positions (each one's successor has the same key)
+    starts = np.array([p for run in runs for p in run[:-1]], dtype=np.intp)
+    # runs that touch stay apart: the last word of one is no start, so their starts are not consecutive
+    want, cur = set(), []
+    for p in list(starts) + [None]:
+        if cur and (p is None or p != cur[-1] + 1):
+            words = cur + [cur[-1] + 1]
+            want |= set(combinations(words, 2))
+            cur = []
+        if p is not None:
+            cur.append(int(p))
+    firsts, seconds = _position_pairs(starts)
+    got = list(zip(firsts.tolist(), seconds.tolist()))
+    assert len(got) == len(set(got)) and set(got) == want
