@@ -22,6 +22,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from w3lib.url import canonicalize_url
+
 
 from common.errors import ConfigError
 from common.phash import hamming, hex_to_uint64, phash_of_file
@@ -61,9 +63,22 @@ class BlockEntry:
         return cls(EntryKind(d["kind"]), d["value"], d.get("entry", d["value"]), int(d.get("max_distance", 0)), d.get("added_at", ""))
 
 
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
 def normalize_url(url: str) -> str:
-    """Compare URLs case-insensitively in scheme and host, without the #fragment."""
+    """The form two URLs of one resource share: scheme and host in lower case, the default port,
+    the #fragment and dot segments dropped, percent-encoding made uniform (``a b``, ``a%20b``;
+    ``%7E``, ``~``), query arguments sorted (w3lib's ``canonicalize_url``)."""
     url = url.strip()
+    try:
+        parts = urlsplit(canonicalize_url(url))
+        netloc = parts.netloc.lower()
+        if parts.port is not None and parts.port == _DEFAULT_PORTS.get(parts.scheme):
+            netloc = netloc.rsplit(":", 1)[0]
+        return parts._replace(netloc=netloc).geturl()
+    except ValueError:
+        pass
     try:
         parts = urlsplit(url)
     except ValueError:
@@ -138,7 +153,10 @@ class BlockSet:
     def __init__(self, entries: list[BlockEntry]) -> None:
         self.entries = list(entries)
         by_kind = {kind: [e for e in entries if e.kind is kind] for kind in EntryKind}
-        self._urls = {e.value: e.entry for e in by_kind[EntryKind.URL]}
+        # values written by an older normalisation match again once normalised by this one
+        self._urls = {normalize_url(e.value): e.entry for e in by_kind[EntryKind.URL]}
+        # a URL on no blocked host is not normalised (the costly step) at all
+        self._url_hosts = {host_of(u) for u in self._urls}
         self._domains = {e.value: e.entry for e in by_kind[EntryKind.DOMAIN]}
         self._sha = {e.value: e.entry for e in by_kind[EntryKind.SHA256]}
         self._phash_entries = by_kind[EntryKind.PHASH]
@@ -178,8 +196,11 @@ class BlockSet:
     def match_urls(self, urls: list[str]) -> str | None:
         """The takedown line that blocks any of ``urls`` (by URL or by domain), or None."""
         for url in urls:
-            if self._urls and (hit := self._urls.get(normalize_url(url))) is not None:
-                return hit
+            if self._urls:
+                host = host_of(url)
+                if (host in self._url_hosts or (host and not host.isascii())) and \
+                        (hit := self._urls.get(normalize_url(url))) is not None:
+                    return hit
             host = host_of(url) if self._domains else None
             while host:
                 if host in self._domains:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import urljoin, urlsplit
+
 from scrapy.exceptions import (
     CannotResolveHostError,
     DownloadCancelledError,
@@ -46,6 +48,18 @@ def _private_answer(exc: BaseException) -> PrivateAnswer | None:
     return None
 
 
+def _unfollowed_redirect_scheme(response) -> str | None:
+    """The scheme of a redirect's target that is not http(s) (``file``, ``ftp``, ``data``...):
+    Scrapy does not follow it, and the URL it points to, not the server, is what went wrong."""
+    if not 300 <= response.status < 400 or not (location := response.headers.get("Location")):
+        return None
+    try:
+        scheme = urlsplit(urljoin(response.url, location.decode("latin-1").strip())).scheme.lower()
+    except ValueError:
+        return None
+    return scheme if scheme and scheme not in ("http", "https") else None
+
+
 def failure_status(failure: Failure, page: bool) -> tuple[str, str] | None:
     """``(status, error)`` for a failed request; None when it was cancelled by shutdown."""
     exc = failure.value
@@ -54,6 +68,8 @@ def failure_status(failure: Failure, page: bool) -> tuple[str, str] | None:
     if too_large := failure.request.meta.get("cc_too_large") if failure.request is not None else None:
         return S.TOO_LARGE.value, too_large
     if isinstance(exc, HttpError):
+        if scheme := _unfollowed_redirect_scheme(exc.response):
+            return S.BAD_URL.value, f"HTTP {exc.response.status} to a {scheme}: URL, which is not fetched"
         return http_status(exc.response.status), f"HTTP {exc.response.status}"
     if isinstance(exc, RobotsForbidden):
         return S.ROBOTS.value, exc.detail

@@ -2,16 +2,28 @@
 
 from __future__ import annotations
 
-from urllib.parse import urldefrag, urljoin
+import re
+from urllib.parse import urldefrag, urljoin, urlsplit, urlunsplit
+
+#: A ``.`` or ``..`` path segment (RFC 3986 5.2.4), which a browser removes before it asks.
+_DOT_SEGMENT = re.compile(r"(?:^|/)\.\.?(?:/|$)")
 
 
 def join_url(base: str, href: str, fragment: bool = True) -> str | None:
     """``href`` made absolute against ``base`` (its fragment dropped unless ``fragment``), or None
-    when the result cannot be parsed (``http://[::1``, a port out of range, ...)."""
+    when the result cannot be parsed (``http://[::1``, a port out of range, ...).
+
+    Dot segments go, as a browser removes them: ``http://h/a/../b.jpg`` is ``http://h/b.jpg``,
+    written absolute or relative.
+    """
     try:
         url = urljoin(base, href.strip())
         if not fragment:
             url = urldefrag(url)[0]
+        parts = urlsplit(url)
+        if parts.scheme in ("http", "https") and _DOT_SEGMENT.search(parts.path):
+            # a path resolved against its own root loses its dot segments (urljoin does RFC 3986 5.2)
+            url = urlunsplit(parts._replace(path=urlsplit(urljoin("http://h/", parts.path)).path))
     except ValueError:
         return None
     return url

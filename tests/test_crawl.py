@@ -447,8 +447,10 @@ def test_both_http_clients_give_the_same_records(tmp_path, site):
     site.add("/huge.jpg", jpeg(size=(900, 900), quality=100, pattern=7), content_type=IMG)
     site.add("/page.jpg", "<html>not an image</html>", content_type="text/html")
     site.add("/boom.jpg", b"", status=500)
+    site.add("/tofile.jpg", redirect_to="file:///etc/passwd")  # not followed: the URL it names is at fault
     urls += [site.url(p) for p in ("/moved.jpg", "/huge.jpg", "/page.jpg", "/boom.jpg", "/no/x.jpg", "/img/missing.jpg")]
     urls.append("http://127.0.0.1:1/refused.jpg")  # nothing listens on port 1
+    urls.append(site.url("/tofile.jpg"))
     lst = tmp_path / "urls.txt"
     lst.write_text("\n".join(urls) + "\n")
     got = {}
@@ -458,8 +460,10 @@ def test_both_http_clients_give_the_same_records(tmp_path, site):
         got[client] = {u: (r["status"], r["sha256"], r["image"]) for u, r in by_url(crawl_rows(tmp_path / client)).items()}
     assert got["aiohttp"] == got["twisted"]
     statuses = [got["aiohttp"][u][0] for u in urls]
-    assert statuses == ["ok"] * 4 + ["too_large", "not_an_image", "http_500", "robots", "http_404", "connection_error"]
+    assert statuses == ["ok"] * 4 + ["too_large", "not_an_image", "http_500", "robots", "http_404", "connection_error",
+                                     "bad_url"]
     assert site.requested("/no/x.jpg") == 0
+    assert "to a file: URL" in by_url(crawl_rows(tmp_path / "aiohttp"))[urls[-1]]["error"]
 
 
 @pytest.mark.parametrize("args,needle", [

@@ -318,3 +318,11 @@ def test_captions_lose_control_and_invisible_characters(tmp_path):
     (tmp_path / "l.jsonl").write_text(json.dumps({"url": "http://example.com/a.jpg", "text": dirty}) + "\n")
     [(url, caption)] = list(iter_url_list(tmp_path / "l.jsonl", "jsonl", caption_col="text"))
     assert caption == clean
+
+
+def test_dot_segments_go_as_a_browser_drops_them():
+    """``/a/../b.jpg`` written absolute or relative is one image, ``/b.jpg``; a query keeps its text."""
+    info = extract_page('<img src="http://example.com/a/../b.jpg"><img src="./c/./d.jpg?x=/../">'
+                        '<a href="http://example.com/p/..">up</a>', "http://example.com/dir/page.html")
+    assert [i.url for i in info.images] == ["http://example.com/b.jpg", "http://example.com/dir/c/d.jpg?x=/../"]
+    assert info.links == ["http://example.com/"]

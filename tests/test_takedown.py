@@ -162,3 +162,19 @@ def test_a_takedown_of_a_copys_url_takes_the_published_picture_out(tmp_path):
     manifest = run_remove(_remove_config(out, "--takedown", str(takedown)))
     assert set(samples(out).values()) == {other["url"]}
     assert manifest["totals"]["removed"] == {"blocklisted": 1}
+
+
+def test_a_takedown_url_matches_the_same_resource_written_another_way(tmp_path):
+    """Requests are written by people: a space or its %20, %7E or ~, %33 or 3, dot segments, the
+    default port, a fragment, upper-case scheme and host, query arguments in another order all
+    name the crawled URL (as the crawl recorded it: percent-encoded, dot segments removed)."""
+    from common.blocklist import BlockSet
+
+    crawled = ["https://img.org/a%20b/~me/x3.jpg?s=1&t=2", "https://img.org/caf%C3%A9.jpg"]
+    written = ["HTTPS://IMG.org:443/a b/%7Eme/./y/../x%33.jpg?t=2&s=1#top", "https://img.org/café.jpg"]
+    for want, line in zip(crawled, written):
+        takedown = tmp_path / "t.txt"
+        takedown.write_text(line + "\n", encoding="utf-8")
+        blocks = BlockSet(parse_takedown(takedown, 4))
+        assert blocks.match_urls([want]) == line
+        assert blocks.match_urls(["https://img.org/other.jpg", "http://img.org:8080/a%20b/~me/x3.jpg"]) is None
