@@ -56,6 +56,9 @@ class CrawlConfig:
     url_col: str = option("url", "--url-col", "URL column for csv/tsv/parquet/jsonl (default %(default)s)", group=_LIST)
     caption_col: str | None = option(None, "--caption-col", "caption column, kept as caption_in", group=_LIST)
     max_pages: int = option(1000, "--max-pages", "pages to fetch at most (default %(default)s)", check=positive, group=_SCOPE)
+    max_page_bytes: int = option(10 * 1024 * 1024, "--max-page-bytes", "a larger HTML page is not read and is counted "
+                                 "too_large (default 10MB)", parse=parse_size,
+                                 check=positive, group=_SCOPE)
     max_depth: int = option(3, "--max-depth", "links from a seed, by the shortest path (default %(default)s)",
                             check=non_negative, group=_SCOPE)
     allow_domains: tuple[str, ...] = option((), "--allow-domain", "also follow links to D and its subdomains "
@@ -208,6 +211,7 @@ class CrawlConfig:
             "AUTOTHROTTLE_ENABLED": self.autothrottle,
             "AUTOTHROTTLE_TARGET_CONCURRENCY": float(self.per_host_concurrency),
             "DOWNLOAD_TIMEOUT": self.timeout,
+            "DOWNLOAD_MAXSIZE": self.max_page_bytes,  # images: --max-image-bytes, per request
             "RETRY_TIMES": self.retries,
             "CLOSESPIDER_TIMEOUT": self.deadline,
             "CAPCRAWL_PROGRESS": self.progress,

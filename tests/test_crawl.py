@@ -275,6 +275,21 @@ def test_max_pages_limit(tmp_path, site):
     assert stats["pages"] == {"max_pages": 1, "ok": 5}
 
 
+def test_max_page_bytes_cuts_a_large_page(tmp_path, site):
+    """--max-page-bytes caps HTML pages (not images, which have --max-image-bytes): the large
+    page is too_large and its images are never seen; the small one is read."""
+    site.add("/", page('<a href="/big.html">b</a><a href="/small.html">s</a>'))
+    site.add("/big.html", page('<img src="/big.jpg" alt="in a big page">' + "<p>filler text</p>" * 2000))
+    site.add("/small.html", page('<img src="/small.jpg" alt="in a small page">'))
+    site.add("/small.jpg", jpeg(size=(200, 150)), content_type=IMG)
+    site.add("/big.jpg", jpeg(size=(200, 150)), content_type=IMG)
+    run_cli("crawl", site.url("/"), "--work", str(tmp_path), "--allow-private-addresses", "--max-page-bytes", "16KB",
+            "--min-image-size", "10", check=True)
+    stats = json.loads((tmp_path / "crawl" / "stats.json").read_text())
+    assert stats["pages"] == {"ok": 2, "too_large": 1}
+    assert site.requested("/small.jpg") == 1 and site.requested("/big.jpg") == 0
+
+
 def test_private_addresses_refused_by_default(tmp_path, site):
     site.add("/", page('<img src="/a.jpg" alt="a">'))
     proc = run_cli("crawl", site.url("/"), "--work", str(tmp_path), check=True)
