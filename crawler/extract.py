@@ -294,13 +294,16 @@ def extract_page(html: str | Selector, page_url: str, agent_token: str = "capcra
     structured = _structured_image_licenses(sel, base)
     renderer, context_renderer = TextRenderer(), TextRenderer(blank_figures=True)
     nav_targets = nav_link_targets(sel.root, base)
+    found = list(_image_elements(sel))
+    # A CSS or <object> copy of an <img> adds nothing, wherever it stands: the <img> has the alt.
+    img_urls = {normalise_url(base, raw) for el, raw, _, _ in found if el.tag == "img" and raw}
     seen_images: set[str] = set()
-    for el, raw, alt, title in _image_elements(sel):
+    for el, raw, alt, title in found:
         if not raw or raw.startswith("data:"):
             info.data_uris += 1 if raw else 0
             continue
         url = normalise_url(base, raw, keep_unparsable=True)
-        if not url or (el.tag != "img" and url in seen_images):  # a CSS or <object> copy of an <img> adds nothing
+        if not url or (el.tag != "img" and (url in seen_images or url in img_urls)):
             continue
         seen_images.add(url)
         caption = find_caption(el, renderer)

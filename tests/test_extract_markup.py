@@ -612,7 +612,8 @@ def test_images_outside_img_tags_are_collected_and_template_ones_are_not():
             '<div style="color: red; background-image: url(\'/bg.jpg\')">Hero</div>'
             '<div style="background:#fff url(/bg2.png) no-repeat"></div>'
             '<div style="background: url(data:image/png;base64,AAA)"></div>'
-            '<img src="/a.jpg" alt="A"><div style="background-image:url(/a.jpg)"></div>'
+            '<div style="background-image:url(/a.jpg)"></div><img src="/a.jpg" alt="A">'
+            '<div style="background-image:url(/a.jpg)"></div>'
             '<nav><span style="background-image:url(/logo.png)"></span></nav>')
     info = extract_page(f"<html><body>{body}</body></html>", PAGE)
     names = [r.url.rsplit("/", 1)[-1] for r in info.images]
