@@ -169,7 +169,9 @@ def _frame(img: Image.Image, opts: ImageOptions) -> Image.Image:
     """Crop (center_crop) or pad (border) a scaled image to the final square."""
     s = opts.image_size
     if opts.resize_mode == "center_crop" and (img.width > s or img.height > s):
-        left, top = (img.width - s) // 2, (img.height - s) // 2
+        # Only a side longer than s is cut: a side already shorter (--resize-only-if-bigger)
+        # stays whole rather than being padded with black.
+        left, top = max(0, (img.width - s) // 2), max(0, (img.height - s) // 2)
         img = img.crop((left, top, left + min(s, img.width), top + min(s, img.height)))
     elif opts.resize_mode == "border" and (img.width, img.height) != (s, s):
         canvas = Image.new("RGB", (max(s, img.width), max(s, img.height)), (255, 255, 255))
@@ -208,13 +210,20 @@ _XMP_WEB = re.compile(rb"xmpRights:WebStatement(?:=\"([^\"]+)\"|>([^<]+)<)")
 
 
 def _grey_to_8_bits(img: Image.Image) -> Image.Image:
-    """A 16-bit grey image (PNG, TIFF) as 8-bit grey: values over 255 are taken as 16-bit
-    (divided by 257); an image whose values all fit in 8 bits keeps them."""
+    """A 16-bit, 32-bit or floating-point grey image (PNG, TIFF) as 8-bit grey. A file that
+    says it is 16-bit (mode I;16) is divided by 257, however dark; a float image whose values
+    lie in 0-1 is taken as normalised (times 255); otherwise values over 255 are taken as
+    16-bit and an image whose values all fit in 8 bits keeps them."""
     values = np.asarray(img)
     if values.dtype.kind == "f":
         values = np.nan_to_num(values)
     top = float(values.max()) if values.size else 0.0
-    scaled = values / 257.0 if top > 255 else values
+    if img.mode.startswith("I;16") or top > 255:
+        scaled = values / 257.0
+    elif values.dtype.kind == "f" and top <= 1.0:
+        scaled = values * 255.0
+    else:
+        scaled = values
     return Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8), "L")
 
 
@@ -261,9 +270,15 @@ _EXIF_ORIENTATION = 0x0112
 
 
 def _orientation(img: Image.Image) -> int:
-    """The EXIF orientation (1-8) of an opened image; 1 when absent or invalid."""
+    """The EXIF orientation (1-8) of an opened image, as far as it is still to be applied; 1
+    when absent or invalid. Pillow's TIFF reader turns the image itself (at load) and already
+    reports the upright size, which counts as applied: turning it again squashes it."""
     value = img.getexif().get(_EXIF_ORIENTATION, 1)
-    return value if value in _ORIENTATION_METHODS else 1
+    if value not in _ORIENTATION_METHODS:
+        return 1
+    if value >= 5 and img.format == "TIFF" and img.size != (img.tag_v2.get(256), img.tag_v2.get(257)):
+        return 1
+    return value
 
 
 def _shrink_plan(img: Image.Image, opts: ImageOptions) -> tuple[tuple[int, int], int]:
@@ -296,8 +311,9 @@ def process_image(data: bytes, opts: ImageOptions, content_type: str | None = No
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # named just below
             img = Image.open(io.BytesIO(data))
-    except Image.DecompressionBombError as e:
-        return _fail(res, Status.DECOMPRESSION_BOMB, str(e))
+    except Image.DecompressionBombError as e:  # Pillow's words name its own (2x) limit; ours is --max-pixels
+        size = re.search(r"\((\d+) pixels\)", str(e))
+        return _fail(res, Status.DECOMPRESSION_BOMB, f"{size.group(1) if size else 'more than twice'} pixels is over {opts.max_pixels} pixels")
     except UnidentifiedImageError:
         return _fail(res, Status.NOT_AN_IMAGE, "not a decodable image format")
     except Exception as e:  # Pillow raises many types for broken headers

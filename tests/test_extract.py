@@ -6,6 +6,7 @@ import io
 import json
 import os
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -102,13 +103,35 @@ def test_resample_filters_shrink_and_enlarge(resample, size):
     assert r.status == "ok" and (r.width, r.height) == (256, 256)
 
 
-def test_exif_orientation_applied():
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "TIFF"])
+@pytest.mark.parametrize("mode", ["no", "keep_ratio"])
+def test_exif_orientation_applied_once(fmt, mode):
+    """Orientation 6 (turn 90° clockwise to show): the sample is upright, 1:2 and not squashed,
+    whichever reader applies it (Pillow's TIFF reader turns the image itself at load)."""
     exif = Image.Exif()
-    exif[0x0112] = 6  # rotate 90° clockwise on display
+    exif[0x0112] = 6
+    img = Image.new("RGB", (200, 100), (0, 0, 255))
+    img.paste((255, 0, 0), (0, 0, 100, 100))  # left half red: on top once turned
     buf = io.BytesIO()
-    Image.new("RGB", (200, 100), "blue").save(buf, "JPEG", exif=exif)
-    r = process_image(buf.getvalue(), ImageOptions(resize_mode="no"))
-    assert (r.width, r.height) == (100, 200)
+    img.save(buf, fmt, exif=exif)
+    r = process_image(buf.getvalue(), ImageOptions(resize_mode=mode, image_size=50))
+    assert (r.original_width, r.original_height) == (100, 200)
+    assert (r.width, r.height) == ((100, 200) if mode == "no" else (50, 100))
+    out = Image.open(io.BytesIO(r.image)).convert("RGB")
+    top, bottom = out.getpixel((out.width // 2, 5)), out.getpixel((out.width // 2, out.height - 5))
+    assert top[0] > 200 and top[2] < 50 and bottom[2] > 200 and bottom[0] < 50
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+def test_center_crop_only_if_bigger_cuts_no_short_side(fmt):
+    """300x200 with --resize-only-if-bigger is not enlarged; center_crop cuts the long side to
+    256 and leaves the short one whole, with no black band."""
+    buf = io.BytesIO()
+    Image.new("RGB", (300, 200), (250, 250, 250)).save(buf, fmt)
+    r = process_image(buf.getvalue(), ImageOptions(resize_mode="center_crop", resize_only_if_bigger=True, image_format="png"))
+    assert r.status == "ok" and (r.width, r.height) == (256, 200)
+    out = np.asarray(Image.open(io.BytesIO(r.image)).convert("RGB"))
+    assert out.shape == (200, 256, 3) and out.min() > 200
 
 
 def test_phash_and_sha256_are_of_the_original():

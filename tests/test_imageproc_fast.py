@@ -205,11 +205,29 @@ def test_deep_grey_images_keep_their_tones(mode, bits):
     assert abs(out.mean() - 127.5) < 3 and out[:20].mean() < 40 and out[-20:].mean() > 215  # a ramp, top to bottom
 
 
+def test_a_dark_16_bit_png_stays_dark_and_a_0_to_1_float_tiff_is_a_full_ramp():
+    """An I;16 file is 16-bit by what it says, however low its values (0-200 of 65,535 is
+    black, not an 8-bit ramp); a float image in 0-1 is normalised, not all but black."""
+    dark = Image.fromarray(np.linspace(0, 200, 320 * 240).reshape(240, 320).astype(np.uint16))
+    unit = Image.fromarray(np.linspace(0, 1, 320 * 240).reshape(240, 320).astype(np.float32), "F")
+    outs = []
+    for img, fmt in ((dark, "PNG"), (unit, "TIFF")):
+        buf = io.BytesIO()
+        img.save(buf, fmt)
+        r = process_image(buf.getvalue(), ImageOptions())
+        assert r.status == "ok", r.error
+        outs.append(decoded(r)[..., 0].astype(float))
+    assert outs[0].max() <= 2
+    assert abs(outs[1].mean() - 127.5) < 3 and outs[1][:20].mean() < 40 and outs[1][-20:].mean() > 215
+
+
 @pytest.mark.parametrize("engine", ENGINES, indirect=True)
 def test_statuses_stay_the_same(engine):
     data = jpeg(photo(640, 480))
     assert process_image(data[: len(data) // 2], ImageOptions()).status == "corrupt"  # truncated
     assert process_image(data, ImageOptions(max_pixels=640 * 480 - 1)).status == "decompression_bomb"
+    bomb = process_image(data, ImageOptions(max_pixels=1000))  # refused by Pillow at open(): our limit named
+    assert bomb.status == "decompression_bomb" and bomb.error == "307200 pixels is over 1000 pixels"
     assert process_image(jpeg(photo(40, 30)), ImageOptions(min_image_size=50)).status == "too_small"
     assert process_image(b"<html>nope</html>", ImageOptions()).status == "not_an_image"
     assert process_image(data, ImageOptions(), "text/html").status == "not_an_image"
