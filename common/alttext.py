@@ -14,7 +14,11 @@ from __future__ import annotations
 import re
 
 _IMAGE_EXT = r"(?:jpe?g|jpe|jfif|png|gif|webp|svg|bmp|tiff?|avif|heic|heif|ico)"
-_FILE_NAME = re.compile(rf"^(?:\S*[/\\])?[^/\\\s]+\.{_IMAGE_EXT}$|^[\w\-.() ]{{1,60}}\.{_IMAGE_EXT}$", re.I)
+#: A path or a file name, one word or a few ("beach day 2.jpg"); a sentence that ends in an
+#: extension ("How to save a photo as .webp") has a space before the dot and is no file name.
+_FILE_NAME = re.compile(
+    rf"^(?:\S*[/\\])?[^/\\\s]+\.{_IMAGE_EXT}$|^(?=.{{1,60}}$)(?:[\w\-.()]+ ){{0,4}}[\w\-.()]*[\w\-()]\.{_IMAGE_EXT}$", re.I
+)
 _DEVICE_NAME = re.compile(
     r"^(?:img|dsc|dscn|dscf|dcim|pxl|mvimg|gopr|gopro|dji|sam|pict?|cimg|wp|imag|scan|screenshot|screen ?shot|"
     r"capture|snapshot)[ _-]?\d[\d_. -]*(?:at [\d.]+)?$",

@@ -97,12 +97,12 @@ def opt_out_in(values: list[str], agent: str | None = None) -> str | None:
     return None
 
 
-def parse_srcset(srcset: str | None) -> list[tuple[str, float]]:
-    """``[(url, size)]`` from a srcset, following the HTML parsing rules (URLs may hold commas).
-
-    Width descriptors count as-is (``800w`` -> 800), density ones as their factor (``2x`` -> 2).
+def parse_srcset(srcset: str | None) -> list[tuple[str, float, str]]:
+    """``[(url, value, unit)]`` from a srcset, following the HTML parsing rules (URLs may hold
+    commas). ``unit`` is ``"w"`` for a width descriptor (``800w`` -> 800) and ``"x"`` for a
+    density one (``2x`` -> 2) or none (1x).
     """
-    out: list[tuple[str, float]] = []
+    out: list[tuple[str, float, str]] = []
     text, i, n = srcset or "", 0, len(srcset or "")
     while i < n:
         while i < n and (text[i].isspace() or text[i] == ","):
@@ -120,21 +120,36 @@ def parse_srcset(srcset: str | None) -> list[tuple[str, float]]:
             k = text.find(",", i)
             k = n if k < 0 else k
             descriptor, i = text[i:k].strip(), k + 1
-        size = 1.0
+        size, unit = 1.0, "x"
         if descriptor:
             d = descriptor.split()[0]
             try:
-                size = float(d[:-1]) if d[-1] in "wxWX" else float(d)
+                size, unit = (float(d[:-1]), d[-1].lower()) if d[-1] in "wxWX" else (float(d), "x")
             except ValueError:
-                size = 1.0
-        out.append((url, size))
+                size, unit = 1.0, "x"
+        out.append((url, size, unit))
     return out
 
 
-def largest_candidate(*srcsets: str | None) -> str | None:
-    cands = [c for s in srcsets for c in parse_srcset(s)]
+def largest_candidate(*srcsets: str | None, width: int | None = None, own: int = 0) -> str | None:
+    """The URL of the largest candidate of some srcsets, placeholders (``data:``) left out.
+
+    Width (``w``) and density (``x``) descriptors are compared like with like: with the
+    ``<img>``'s layout ``width`` known, a density becomes pixels (2x at width 400 = 800w);
+    without it, the unit of the first ``own`` srcsets (the ``<img>``'s own) decides where
+    they have candidates, else width descriptors, which name pixels, win.
+    """
+    found = [[c for c in parse_srcset(s) if not c[0].startswith("data:")] for s in srcsets]
+    cands = [c for group in found for c in group]
     if not cands:
         return None
+    if width:
+        return max(cands, key=lambda c: c[1] if c[2] == "w" else c[1] * width)[0]
+    units = {c[2] for c in cands}
+    if len(units) > 1:
+        mine = {c[2] for group in found[:own] for c in group}
+        unit = mine.pop() if len(mine) == 1 else "w"
+        cands = [c for c in cands if c[2] == unit]
     return max(cands, key=lambda c: c[1])[0]
 
 
@@ -193,14 +208,31 @@ def _structured_image_licenses(sel: Selector, base: str) -> dict[str, tuple[str 
     return found
 
 
+#: Types of a ``<picture>`` source that capcrawl decodes (Pillow); a source of another type
+#: (image/jxl, image/svg+xml) is skipped, as a browser that cannot show it skips it.
+_DECODABLE_TYPES = frozenset({
+    "image/jpeg", "image/jpg", "image/pjpeg", "image/png", "image/apng", "image/gif", "image/webp",
+    "image/avif", "image/bmp", "image/tiff", "image/x-icon", "image/vnd.microsoft.icon",
+})
+#: Where lazy-loading scripts keep the real image: srcsets, then single URLs, ``src`` last.
+_SRCSET_ATTRS = ("srcset", "data-srcset", "data-lazy-srcset")
+_SRC_ATTRS = ("data-src", "data-lazy-src", "data-lazy", "data-original", "src")
+
+
 def _image_url(img: Selector) -> str | None:
-    """Best URL of an <img>: largest srcset candidate (its <picture> sources included), lazy attributes, src."""
-    srcsets = [img.attrib.get("srcset"), img.attrib.get("data-srcset")]
-    srcsets += img.xpath("ancestor::picture[1]//source/@srcset | ancestor::picture[1]//source/@data-srcset").getall()
-    best = largest_candidate(*srcsets)
-    if best and not best.startswith("data:"):
+    """Best URL of an <img>: the largest srcset candidate (its own and its <picture>'s sources
+    of a decodable type, lazy-loading attributes included, placeholders skipped), else the
+    first real single URL."""
+    srcsets = [img.attrib.get(a) for a in _SRCSET_ATTRS]
+    for source in img.xpath("ancestor::picture[1]//source"):  # libxml2 nests <source>s (void in HTML)
+        kind = (source.attrib.get("type") or "").split(";")[0].strip().lower()
+        if not kind or kind in _DECODABLE_TYPES:
+            srcsets += [source.attrib.get(a) for a in _SRCSET_ATTRS]
+    width = img.attrib.get("width", "").strip()
+    best = largest_candidate(*srcsets, width=int(width) if width.isdigit() and int(width) > 0 else None, own=len(_SRCSET_ATTRS))
+    if best:
         return best
-    for attr in ("data-src", "data-lazy-src", "data-original", "src"):
+    for attr in _SRC_ATTRS:
         v = (img.attrib.get(attr) or "").strip()
         if v and not v.startswith("data:"):
             return v
@@ -298,6 +330,7 @@ def extract_page(html: str | Selector, page_url: str, agent_token: str = "capcra
     # A CSS or <object> copy of an <img> adds nothing, wherever it stands: the <img> has the alt.
     img_urls = {normalise_url(base, raw) for el, raw, _, _ in found if el.tag == "img" and raw}
     seen_images: set[str] = set()
+    first_img: dict[str, ImageRef] = {}
     for el, raw, alt, title in found:
         if not raw or raw.startswith("data:"):
             info.data_uris += 1 if raw else 0
@@ -307,6 +340,13 @@ def extract_page(html: str | Selector, page_url: str, agent_token: str = "capcra
             continue
         seen_images.add(url)
         caption = find_caption(el, renderer)
+        if (earlier := first_img.get(url)) is not None:
+            # The same image again (a lazy <img> and its <noscript> fallback, most often): the
+            # spider keeps the first, which takes the words it lacks from this one.
+            if not earlier.alt and alt and alt.strip():
+                earlier.alt = clean_text(alt, ALT_CHARS)
+            earlier.title_attr = earlier.title_attr or _text(title, ALT_CHARS)
+            earlier.figcaption = earlier.figcaption or (caption[0] if caption else None)
         ref = ImageRef(
             url=url,
             alt=None if alt is None else clean_text(alt, ALT_CHARS),
@@ -323,6 +363,8 @@ def extract_page(html: str | Selector, page_url: str, agent_token: str = "capcra
         else:
             ref.license, ref.license_url, ref.license_source = info.license, info.license_url, info.license_source
         info.images.append(ref)
+        if el.tag == "img":
+            first_img.setdefault(url, ref)
 
     for og in sel.xpath("//meta[@property='og:image' or @name='og:image']/@content").getall():
         url = normalise_url(base, og, keep_unparsable=True)

@@ -453,6 +453,7 @@ def test_renderer_is_reused_across_images_of_a_page():
     ("IMG_1234.jpg", "file name"), ("DSC00012.JPG", "file name"), ("screenshot-2.png", "file name"),
     ("IMG_1234", "file name"), ("Screenshot 2023-01-01 at 10.22.33", "file name"), ("spacer.gif", "file name"),
     ("../../_images/example.jpg", "file name"), ("3f2a9c0d1e4b5a6f7788", "file name"),
+    ("beach day 2.jpg", "file name"), ("Screenshot 2024-01-05 at 10.22.33.png", "file name"),
     ("[Note]", "bracketed label"), ("[Warning]", "bracketed label"), ("[Important]", "bracketed label"),
     ("Prev", "navigation word"), ("Next", "navigation word"), ("Up", "navigation word"), ("Home", "navigation word"),
     ("Back to top", "navigation word"),
@@ -467,6 +468,7 @@ def test_boilerplate_alts(alt, reason):
     None, "", "a red circle", "Blur", "Iterations = 7", "Grid/List view", "company logo", "The Saturday market",
     "Logo of the GIMP project", "“Waves” filter options", "Next steps for the harbour", "photo of a fox in the snow",
     "Example of an image with alpha channel", "gimp.org", "Six", "Origin",
+    "How to save a photo as .webp", "Convert your pictures from HEIC to JPG in three steps then save as final.png",
 ])
 def test_real_alts_are_not_boilerplate(alt):
     assert boilerplate_alt(alt) is None
@@ -632,3 +634,29 @@ def test_alt_and_title_text_are_capped_at_a_word_boundary():
     ref = info.images[0]
     assert 0 < len(ref.alt) <= ALT_CHARS and ref.alt.endswith("word")
     assert 0 < len(ref.title_attr) <= ALT_CHARS
+
+
+def test_picture_sources_of_undecodable_types_are_skipped_and_descriptors_compare_like_with_like():
+    """A <source type="image/jxl"> is what a browser without JPEG XL skips (and Pillow cannot
+    read); 2x at width=400 is 800 px, larger than 600w; without a width, the <img>'s own unit
+    decides and width descriptors are never weighed against densities as plain numbers."""
+    jxl = ('<picture><source type="image/jxl" srcset="/big.jxl 4000w"><source type="image/webp" srcset="/mid.webp 1200w">'
+           '<img src="/small.jpg" alt="A boat"></picture>')
+    assert list(refs(jxl)) == ["mid.webp"]
+    sized = '<picture><source srcset="/w600.jpg 600w"><img width="400" srcset="/d1.jpg 1x, /d2.jpg 2x" alt="x"></picture>'
+    assert list(refs(sized)) == ["d2.jpg"]
+    unsized = '<picture><source srcset="/w600.jpg 600w"><img srcset="/d1.jpg 1x, /d3.jpg 3x" alt="x"></picture>'
+    assert list(refs(unsized)) == ["d3.jpg"]
+    only_w = '<img srcset="/a.jpg 480w, /b.jpg 1080w" data-srcset="/c.jpg 2x" alt="x">'
+    assert list(refs(only_w)) == ["b.jpg"]
+
+
+def test_lazy_placeholders_never_win_and_noscript_alt_reaches_the_lazy_image():
+    """A data: placeholder in srcset ties with the real lazy candidate and loses; data-lazy-srcset
+    is read; the alt of a <noscript> copy fills the lazy <img> that has none."""
+    body = ('<img srcset="data:image/gif;base64,R0lGOD 1x" data-srcset="/p34.jpg 1x">'
+            '<img src="data:image/gif;base64,R0lGOD" data-lazy-srcset="/q1.jpg 400w, /q2.jpg 800w">'
+            '<img class="lazy" data-src="/cat.jpg"><noscript><img src="/cat.jpg" alt="A cat on a wall"></noscript>')
+    info = extract_page(f"<html><body>{body}</body></html>", PAGE)
+    names = [(r.url.rsplit("/", 1)[-1], r.alt) for r in info.images]
+    assert names == [("p34.jpg", None), ("q2.jpg", None), ("cat.jpg", "A cat on a wall"), ("cat.jpg", "A cat on a wall")]
