@@ -349,3 +349,7 @@ def test_dot_segments_go_as_a_browser_drops_them():
                         '<a href="http://example.com/p/..">up</a>', "http://example.com/dir/page.html")
     assert [i.url for i in info.images] == ["http://example.com/b.jpg", "http://example.com/dir/c/d.jpg?x=/../"]
     assert info.links == ["http://example.com/"]
+    encoded = extract_page('<img src="/a/%2e%2e/e.jpg"><img src="/a/.%2E/f.jpg"><img src="/a/%2e/g.jpg"><img src="/a/x%2e/h.jpg">',
+                           "http://example.com/dir/page.html")
+    assert [i.url for i in encoded.images] == [  # %2e is a dot in a dot segment, and only there
+        "http://example.com/e.jpg", "http://example.com/f.jpg", "http://example.com/a/g.jpg", "http://example.com/a/x%2e/h.jpg"]
