@@ -11,10 +11,15 @@ or by area averaging when no reduced decode applies) and encoded by
 libjpeg-turbo straight from the decoded array. Without them, or for anything else (PNG,
 WebP, CMYK JPEGs, files libjpeg-turbo only half decodes), Pillow does the work as before,
 with the same choice of scale.
+
+Samples are sRGB: an image that embeds another ICC colour profile (Display P3 from phones,
+Adobe RGB, a CMYK press profile) is converted to sRGB with LittleCMS, after the resize; the
+re-encoded sample carries no profile, so a viewer takes it as sRGB, as it now is.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import logging
@@ -24,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
 from common.phash import PHASH_SOURCE_MIN_SIDE, perceptual_hash
 from common.records import Status
@@ -269,6 +274,41 @@ _ORIENTATION_METHODS = {
 _EXIF_ORIENTATION = 0x0112
 
 
+@functools.lru_cache(maxsize=1)
+def _srgb() -> ImageCms.ImageCmsProfile:
+    return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
+
+
+@functools.lru_cache(maxsize=32)
+def _srgb_transform(icc: bytes, mode: str) -> ImageCms.ImageCmsTransform | None:
+    """LittleCMS transform from an embedded ICC profile to sRGB for images of ``mode`` (RGB or
+    CMYK), or None where nothing is to be done: the profile is sRGB's, not of that colour space
+    (a grey one), or unreadable (the pixels are then taken as sRGB, as a browser would)."""
+    try:
+        src = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+        if mode == "RGB" and "srgb" in (ImageCms.getProfileDescription(src) or "").lower():
+            return None
+        return ImageCms.buildTransform(src, _srgb(), mode, "RGB")
+    except (ImageCms.PyCMSError, OSError, ValueError, TypeError) as e:
+        log.debug("ICC profile not used (%s)", e)
+        return None
+
+
+def _icc(img: Image.Image) -> bytes | None:
+    icc = img.info.get("icc_profile")
+    return icc if isinstance(icc, bytes) and icc else None
+
+
+def _to_srgb(img: Image.Image, icc: bytes | None) -> Image.Image:
+    """An RGB image in its embedded profile's colours, as sRGB (unchanged without one)."""
+    transform = _srgb_transform(icc, "RGB") if icc else None
+    if transform is None:
+        return img
+    out = ImageCms.applyTransform(img, transform)
+    out.info.pop("icc_profile", None)  # LittleCMS tags it sRGB; samples carry no profile
+    return out
+
+
 def _orientation(img: Image.Image) -> int:
     """The EXIF orientation (1-8) of an opened image, as far as it is still to be applied; 1
     when absent or invalid. Pillow's TIFF reader turns the image itself (at load) and already
@@ -340,13 +380,17 @@ def process_image(data: bytes, opts: ImageOptions, content_type: str | None = No
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img.load()
         ImageOps.exif_transpose(img, in_place=True)  # in place: no copy when there is nothing to turn
+        icc = _icc(img)
+        if img.mode == "CMYK" and icc and (cmyk := _srgb_transform(icc, "CMYK")) is not None:
+            img, icc = ImageCms.applyTransform(img, cmyk), None  # by its press profile, not Pillow's naive inversion
+            img.info.pop("icc_profile", None)
         img = _to_rgb(img)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
         return _fail(res, Status.CORRUPT, f"{type(e).__name__}: {e}")
     reduced = k > 1 and img.width * img.height < ow * oh  # Pillow's draft may decline (several tiles)
     scaled = _scale(img, opts, target, reduced=reduced)
     res.phash = perceptual_hash(_phash_source(img, scaled))
-    out = _frame(scaled, opts)
+    out = _frame(_to_srgb(scaled, icc), opts)
     res.image, res.image_format = _encode(out, opts), opts.image_format
     res.width, res.height = out.size
     return res
@@ -389,6 +433,8 @@ def _fast_jpeg(data: bytes, img: Image.Image, opts: ImageOptions, target: tuple[
         scaled = cv2.resize(decoded, (tw, th), interpolation=cv2.INTER_AREA)
     src = scaled if scaled.size < decoded.size and min(th, tw) >= PHASH_SOURCE_MIN_SIDE else decoded
     res.phash = perceptual_hash(Image.fromarray(src))
+    if (icc := _icc(img)) and (transform := _srgb_transform(icc, "RGB")) is not None:
+        scaled = np.asarray(ImageCms.applyTransform(Image.fromarray(scaled), transform))
     if opts.image_format == "jpg" and opts.resize_mode in ("keep_ratio", "keep_ratio_largest", "no"):
         res.image = simplejpeg.encode_jpeg(scaled, quality=opts.quality, colorspace="RGB", colorsubsampling="420")
         res.width, res.height = tw, th
@@ -461,6 +507,7 @@ def warm_up() -> None:
 def _encode(img: Image.Image, opts: ImageOptions) -> bytes:
     buf = io.BytesIO()
     fmt = IMAGE_FORMATS[opts.image_format]
+    img.info.pop("icc_profile", None)  # the pixels are sRGB (_to_srgb); Pillow's PNG writer would copy the source's profile
     if fmt == "PNG":
         img.save(buf, fmt, optimize=False, compress_level=6)
     else:

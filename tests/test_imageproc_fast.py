@@ -222,6 +222,35 @@ def test_a_dark_16_bit_png_stays_dark_and_a_0_to_1_float_tiff_is_a_full_ramp():
 
 
 @pytest.mark.parametrize("engine", ENGINES, indirect=True)
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP"])
+def test_embedded_colour_profiles_are_converted_to_srgb(engine, fmt):
+    """Samples are sRGB. A profile whose red and blue primaries are sRGB's blue and red turns
+    stored red into shown blue; Display P3's (200, 100, 50) is a more saturated sRGB colour
+    (LittleCMS's own conversion of the pixel); an sRGB or unreadable profile changes nothing."""
+    from PIL import ImageCms
+
+    from tests.icc_support import P3_PRIMARIES, SRGB_PRIMARIES, rgb_profile
+
+    r, g, b = SRGB_PRIMARIES
+    p3 = rgb_profile(P3_PRIMARIES, description="Display P3 (test)")
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    expected_p3 = ImageCms.profileToProfile(Image.new("RGB", (1, 1), (200, 100, 50)), ImageCms.ImageCmsProfile(io.BytesIO(p3)),
+                                            ImageCms.createProfile("sRGB"), outputMode="RGB").getpixel((0, 0))
+    assert expected_p3[0] > 210 and expected_p3[2] < 35  # the test's premise: P3 is wider than sRGB
+    cases = [((255, 0, 0), rgb_profile((b, g, r), description="swapped"), (0, 0, 255)),
+             ((200, 100, 50), p3, expected_p3), ((200, 100, 50), srgb, (200, 100, 50)),
+             ((200, 100, 50), b"not a profile" * 10, (200, 100, 50)), ((200, 100, 50), None, (200, 100, 50))]
+    for colour, profile, shown in cases:
+        buf = io.BytesIO()
+        Image.new("RGB", (640, 480), colour).save(buf, fmt, quality=95, **({"icc_profile": profile} if profile else {}))
+        res = process_image(buf.getvalue(), ImageOptions(image_format="png"))
+        assert res.status == "ok", res.error
+        out = Image.open(io.BytesIO(res.image))
+        assert "icc_profile" not in out.info
+        assert np.abs(decoded(res)[100, 100].astype(int) - np.array(shown)).max() <= 4, (profile and profile[:20], shown)
+
+
+@pytest.mark.parametrize("engine", ENGINES, indirect=True)
 def test_statuses_stay_the_same(engine):
     data = jpeg(photo(640, 480))
     assert process_image(data[: len(data) // 2], ImageOptions()).status == "corrupt"  # truncated
