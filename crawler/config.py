@@ -203,8 +203,13 @@ class CrawlConfig:
 
     def scrapy_settings(self) -> dict[str, Any]:
         """Scrapy setting overrides for this configuration."""
+        from .optout import agent_token
+
         return {
             "USER_AGENT": self.user_agent,
+            # robots.txt groups are matched on the product token alone (RFC 9309 2.2.1): given
+            # the whole header, Protego took any group named by a word in it ("dataset").
+            "ROBOTSTXT_USER_AGENT": agent_token(self.user_agent),
             "ROBOTSTXT_OBEY": not self.ignore_robots,
             "CONCURRENT_REQUESTS": self.concurrency,
             "CONCURRENT_REQUESTS_PER_DOMAIN": self.per_host_concurrency,

@@ -58,10 +58,10 @@ except ImportError:  # Windows: pipes stay at their default size
     fcntl = None  # type: ignore[assignment]
 
 import scrapy
-from scrapy import Request, Spider
+from scrapy import Request, Spider, signals as scrapy_signals
 from scrapy.crawler import Crawler
 from scrapy.downloadermiddlewares.robotstxt import RobotsTxtMiddleware
-from scrapy.exceptions import CannotResolveHostError, DownloadConnectionRefusedError, IgnoreRequest
+from scrapy.exceptions import CannotResolveHostError, DownloadConnectionRefusedError, IgnoreRequest, StopDownload
 from scrapy.extensions.throttle import AutoThrottle
 from scrapy.http import Headers, Response
 from scrapy.utils.httpobj import urlparse_cached
@@ -95,6 +95,10 @@ class RobotsForbidden(IgnoreRequest):
 #: Failures to download a robots.txt after which the host's next request asks for it again (and
 #: meanwhile fails the same way): the name does not resolve, or nothing listens.
 ROBOTS_RETRY_ERRORS = (CannotResolveHostError, DownloadConnectionRefusedError, DNSLookupError, TwistedConnectionRefused)
+
+#: How much of a robots.txt is read and parsed (RFC 9309 2.5: at least 500 KiB); the download
+#: stops there, whatever its size, and the rest is ignored (Google reads as much).
+ROBOTS_PARSE_BYTES = 500 * 1024
 
 #: robots.txt that stands for a host whose robots.txt is unreachable (RFC 9309, 2.3.1.4).
 DISALLOW_ALL = b"User-agent: *\nDisallow: /\n"
@@ -207,15 +211,28 @@ class RobotsMiddleware(RobotsTxtMiddleware):
         self.robots_texts: dict[str, str] = {}  # netloc -> robots.txt text ("" when none)
         self._robots_rules: dict[str, RobotsRules] = {}  # parsed from the text when a URL is refused
         self.unreachable: dict[str, str] = {}  # netloc -> why its robots.txt counts as "disallow all"
-        self._ask_again: set[str] = set()  # netlocs whose robots.txt download failed to connect
+        self._ask_again: dict[str, Exception] = {}  # netloc -> why its robots.txt download failed to connect
         self._stopped: set[str] = set()  # netlocs whose robots.txt download a stopping crawl cancelled
+        crawler.signals.connect(self._robots_bytes, signal=scrapy_signals.bytes_received)
         robots_log = logging.getLogger(RobotsTxtMiddleware.__module__)
         if not any(isinstance(f, _QuietRobotsErrors) for f in robots_log.filters):
             robots_log.addFilter(_QuietRobotsErrors())
 
     async def process_request(self, request: Request, spider: Spider | None = None) -> None:
+        if request.meta.get("dont_obey_robotstxt") and urlparse_cached(request).path == "/robots.txt":
+            # Any size may come (no --max-page-bytes cancel); the first ROBOTS_PARSE_BYTES are read.
+            request.meta["cc_robots"] = True
+            request.meta["download_maxsize"] = 0
         await super().process_request(request)
         self._keep_crawl_delay(request)
+
+    def _robots_bytes(self, data: bytes, request: Request, spider: Spider | None = None) -> None:
+        """Stop a robots.txt download (its redirects' too) at ROBOTS_PARSE_BYTES, keeping what came."""
+        if request.meta.get("cc_robots"):
+            got = request.meta.get("cc_robots_bytes", 0) + len(data)
+            request.meta["cc_robots_bytes"] = got
+            if got >= ROBOTS_PARSE_BYTES:
+                raise StopDownload(fail=False)
 
     def _keep_crawl_delay(self, request: Request) -> None:
         key, slot = slot_of(self.crawler, request)
@@ -243,6 +260,10 @@ class RobotsMiddleware(RobotsTxtMiddleware):
     async def _parse_robots(self, response: Response, netloc: str, request: Request) -> None:
         text = ""
         if 200 <= response.status < 300:
+            if len(response.body) > ROBOTS_PARSE_BYTES:  # cut at the limit, after the last whole line
+                body = response.body[:ROBOTS_PARSE_BYTES]
+                response = response.replace(body=body[: body.rfind(b"\n") + 1] or body)
+                log.info("robots.txt of %s: only its first %d bytes are read (RFC 9309 2.5)", netloc, ROBOTS_PARSE_BYTES)
             text = response.body.decode("utf-8-sig", errors="replace")
         elif _robots_unreachable_status(response.status):
             self._unreachable(netloc, f"robots.txt unreachable (HTTP {response.status})")
@@ -255,19 +276,20 @@ class RobotsMiddleware(RobotsTxtMiddleware):
 
     def _robots_error(self, exc: Exception, netloc: str) -> None:
         """robots.txt could not be downloaded. A host that cannot be resolved or refuses
-        connections gets its robots.txt asked for again by its next request (which meanwhile
-        fails the same way, with its own status). Any other failure (a timeout, a cut
-        connection) means unreachable: complete disallow, as RFC 9309 asks."""
+        connections gets its robots.txt asked for again by its next request; the request that
+        was waiting for it fails with that error, unsent (no request goes out unchecked), and
+        its retries ask again. Any other failure (a timeout, a cut connection) means
+        unreachable: complete disallow, as RFC 9309 asks."""
         super()._robots_error(exc, netloc)
         if isinstance(exc, IgnoreRequest):
             return
         if isinstance(exc, TwistedCancelledError):  # the crawl is stopping: the request waits for the next run
-            self._ask_again.add(netloc)
+            self._ask_again[netloc] = exc
             self._stopped.add(netloc)
             return
         if isinstance(exc, ROBOTS_RETRY_ERRORS):
             log.info("robots.txt of %s: %s; asked again with the next request", netloc, type(exc).__name__)
-            self._ask_again.add(netloc)
+            self._ask_again[netloc] = exc
             return
         self._unreachable(netloc, f"robots.txt unreachable ({type(exc).__name__})")
         self._parsers[netloc] = build_from_crawler(self._parserimpl, self.crawler, DISALLOW_ALL)  # after Scrapy's None
@@ -301,13 +323,18 @@ class RobotsMiddleware(RobotsTxtMiddleware):
             if netloc in self._stopped:
                 self._stopped.discard(netloc)
                 raise TwistedCancelledError("stopping: fetched by the next run")
-            return parser
+            failed = self._ask_again.get(netloc)
         finally:
             if netloc in self._ask_again:
-                self._ask_again.discard(netloc)
+                del self._ask_again[netloc]
                 self._parsers.pop(netloc, None)
             del self._fetching[netloc]
             done.set_result(None)
+        if failed is not None:
+            # Scrapy would let the request go with no robots.txt read (RFC 9309 forbids that):
+            # it fails as the robots.txt download did, and its retries ask for robots.txt again.
+            raise failed
+        return parser
 
 
 # --- AutoThrottle --------------------------------------------------------------------------

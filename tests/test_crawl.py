@@ -811,6 +811,58 @@ def test_unreachable_robots_txt_is_the_evidence_of_a_refused_image(tmp_path, sit
     assert row["error"] == "robots.txt unreachable (HTTP 503): not requested"
 
 
+def test_no_request_goes_out_while_robots_txt_cannot_be_connected_to(tmp_path, site):
+    """robots.txt redirects to a port that refuses connections: no robots.txt was read, so
+    the image is not requested (RFC 9309); it fails with the connection error, named."""
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    site.add("/robots.txt", b"", status=301, headers={"Location": f"http://127.0.0.1:{closed}/robots.txt"})
+    url = site.add("/img/a.jpg", jpeg(pattern=1), content_type=IMG)
+    (tmp_path / "urls.txt").write_text(url + "\n")
+    run_cli("download", str(tmp_path / "urls.txt"), "--work", str(tmp_path / "w"), "--allow-private-addresses",
+            "--retries", "1", check=True)
+    row = by_url(crawl_rows(tmp_path / "w"))[url]
+    assert site.requested("/img/a.jpg") == 0 and site.requested("/robots.txt") >= 2  # asked again by the retry
+    assert row["status"] not in ("ok", "pending") and "efused" in (row["error"] or ""), row
+
+
+def test_robots_groups_are_matched_on_the_product_token_alone(tmp_path, site):
+    """RFC 9309 2.2.1: the group is capcrawl's, else *. Words of the User-Agent header
+    ("image-caption dataset builder") name no group of ours."""
+    x = site.add("/x/a.jpg", jpeg(pattern=1), content_type=IMG)
+    y = site.add("/y/b.jpg", jpeg(pattern=2), content_type=IMG)
+    robots = {"star": "User-agent: dataset\nAllow: /\n\nUser-agent: *\nDisallow: /x/\n",
+              "own": "User-agent: image-caption\nDisallow: /\n\nUser-agent: CapCrawl\nDisallow: /x/\n"}
+    for name, text in robots.items():
+        site.add("/robots.txt", text, content_type="text/plain")
+        (tmp_path / f"{name}.txt").write_text(f"{x}\n{y}\n")
+        run_cli("download", str(tmp_path / f"{name}.txt"), "--work", str(tmp_path / name), "--allow-private-addresses",
+                "--retries", "0", check=True)
+        rows = by_url(crawl_rows(tmp_path / name))
+        assert (rows[x]["status"], rows[y]["status"]) == ("robots", "ok"), name
+        assert rows[x]["opt_out_value"] == "Disallow: /x/", name
+
+
+@pytest.mark.parametrize("size,client", [(600_000, "aiohttp"), (11_000_000, "aiohttp"), (11_000_000, "twisted")])
+def test_a_huge_robots_txt_is_read_for_its_first_500_kib(tmp_path, site, size, client):
+    """RFC 9309 2.5: at least 500 KiB is parsed and the rest may be ignored. An 11 MB file
+    (over --max-page-bytes) was cancelled and made the host unreachable; now its first rules
+    apply, and a rule past the limit does not."""
+    head = "User-agent: *\nDisallow: /private/\n"
+    tail = "Disallow: /late/\n"
+    filler = "# padding padding padding padding padding padding padding padding padding\n"
+    site.add("/robots.txt", head + filler * ((size - len(head) - len(tail)) // len(filler)) + tail, content_type="text/plain")
+    urls = [site.add(p, jpeg(pattern=i), content_type=IMG) for i, p in enumerate(["/d.jpg", "/private/p.jpg", "/late/l.jpg"])]
+    (tmp_path / "urls.txt").write_text("\n".join(urls) + "\n")
+    run_cli("download", str(tmp_path / "urls.txt"), "--work", str(tmp_path / "w"), "--allow-private-addresses",
+            "--retries", "0", "--http-client", client, check=True)
+    rows = by_url(crawl_rows(tmp_path / "w"))
+    assert [rows[u]["status"] for u in urls] == ["ok", "robots", "ok"]
+
+
 def test_a_page_without_declared_encoding_reads_as_windows_1252(tmp_path, site):
     """No BOM, no charset in Content-Type or meta, not UTF-8: a browser reads windows-1252 (Scrapy
     alone guessed cp1250 for this short page: 'crčme brűlée')."""
