@@ -4,8 +4,10 @@ A policy is a comma-separated list of SPDX ids (``CC-BY-4.0``), patterns (``CC-B
 presets. With a policy, a sample whose licence is unknown is left out as
 ``license_unknown`` and one outside the policy as ``license_not_allowed``; without one,
 nothing changes. The crawl records licences as SPDX ids (crawler/licenses.py): Creative
-Commons (``CC-BY-4.0``, ``CC-BY-NC-SA-3.0-DE`` ...), ``CC0-1.0`` and ``LicenseRef-PDM`` (the
-Public Domain Mark).
+Commons (``CC-BY-4.0``, ``CC-BY-NC-SA-3.0-DE`` ...), ``CC0-1.0``, ``CC-PDM-1.0`` (the Public
+Domain Mark; ``LicenseRef-PDM`` in runs before it was listed) and ``CC-PDDC``. A port SPDX does
+not list is ``LicenseRef-CC-BY-3.0-FR``; a pattern matches such an id with or without its
+``LicenseRef-`` prefix, so ``CC-BY-*`` takes it.
 """
 
 from __future__ import annotations
@@ -17,8 +19,8 @@ from fnmatch import fnmatchcase
 #: ``commercial``: those that allow commercial use (no -NC-); note that -ND- licences allow
 #: commercial use but no adaptations: name ids or patterns yourself to leave them out.
 PRESETS: dict[str, tuple[str, ...]] = {
-    "open": ("CC-BY-*", "CC0-*", "LicenseRef-PDM"),
-    "commercial": ("CC-BY-[0-9]*", "CC-BY-SA-*", "CC-BY-ND-*", "CC0-*", "LicenseRef-PDM"),
+    "open": ("CC-BY-*", "CC-SA-*", "CC0-*", "CC-PDM-*", "CC-PDDC", "LicenseRef-PDM"),
+    "commercial": ("CC-BY-[0-9]*", "CC-BY-SA-*", "CC-BY-ND-*", "CC-SA-*", "CC0-*", "CC-PDM-*", "CC-PDDC", "LicenseRef-PDM"),
 }
 
 
@@ -49,7 +51,8 @@ class LicensePolicy:
 
     def allows(self, license_id: str) -> bool:
         lid = license_id.strip().upper()
-        return any(fnmatchcase(lid, p.upper()) for p in self.patterns)
+        bare = lid.removeprefix("LICENSEREF-")  # LicenseRef-CC-BY-3.0-FR is matched as CC-BY-3.0-FR too
+        return any(fnmatchcase(lid, p.upper()) or fnmatchcase(bare, p.upper()) for p in self.patterns)
 
     def verdict(self, license_id: str | None) -> str | None:
         """None when the licence is allowed, else the drop reason (``license_unknown`` / ``license_not_allowed``)."""

@@ -164,7 +164,7 @@ def test_licences_page_figure_jsonld_microdata(crawled):
     assert (row(crawled, "/img/pagelic.jpg")["license"], row(crawled, "/img/pagelic.jpg")["license_source"]) == ("CC-BY-4.0", "page:a-rel")
     assert (row(crawled, "/img/figlic.jpg")["license"], row(crawled, "/img/figlic.jpg")["license_source"]) == ("CC-BY-SA-4.0", "figure:a-rel")
     assert (row(crawled, "/img/jsonld.jpg")["license"], row(crawled, "/img/jsonld.jpg")["license_source"]) == ("CC0-1.0", "json-ld")
-    assert (row(crawled, "/img/micro.jpg")["license"], row(crawled, "/img/micro.jpg")["license_source"]) == ("LicenseRef-PDM", "microdata")
+    assert (row(crawled, "/img/micro.jpg")["license"], row(crawled, "/img/micro.jpg")["license_source"]) == ("CC-PDM-1.0", "microdata")
     assert row(crawled, "/img/figlic.jpg")["license_url"] == "https://creativecommons.org/licenses/by-sa/4.0/"
 
 

@@ -28,9 +28,17 @@ XMP = (b'<?xpacket begin="" id="W5M0MpCehiHzreSzNTczkc9d"?><x:xmpmeta xmlns:x="a
     ("https://creativecommons.org/licenses/by/4.0/", "CC-BY-4.0"),
     ("http://creativecommons.org/licenses/by-sa/4.0/deed.de", "CC-BY-SA-4.0"),
     ("https://creativecommons.org/licenses/by-nc-nd/3.0/", "CC-BY-NC-ND-3.0"),
-    ("https://creativecommons.org/licenses/by/2.0/fr/", "CC-BY-2.0-FR"),
+    ("https://creativecommons.org/licenses/by/2.0/fr/", "LicenseRef-CC-BY-2.0-FR"),  # a port SPDX does not list
+    ("https://creativecommons.org/licenses/by-sa/3.0/de/", "CC-BY-SA-3.0-DE"),
+    ("https://creativecommons.org/licenses/by-nc-nd/3.0/igo/", "CC-BY-NC-ND-3.0-IGO"),
+    ("https://creativecommons.org/licenses/by-nc-sa/2.5/scotland/deed.en", "LicenseRef-CC-BY-NC-SA-2.5-SCOTLAND"),
+    ("https://creativecommons.org/licenses/by/3.0/deed.fr", "CC-BY-3.0"),
+    ("https://creativecommons.org/licenses/by/2.5/legalcode", "CC-BY-2.5"),
+    ("https://creativecommons.org/licenses/by-nd-nc/1.0/", "CC-BY-NC-ND-1.0"),
+    ("https://creativecommons.org/licenses/sa/1.0/", "CC-SA-1.0"),
+    ("https://creativecommons.org/licenses/publicdomain/", "CC-PDDC"),
     ("https://creativecommons.org/publicdomain/zero/1.0/", "CC0-1.0"),
-    ("https://creativecommons.org/publicdomain/mark/1.0/", "LicenseRef-PDM"),
+    ("https://creativecommons.org/publicdomain/mark/1.0/", "CC-PDM-1.0"),
     ("https://example.com/my-licence", None),
 ])
 def test_cc_urls_to_spdx(url, spdx):

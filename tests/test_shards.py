@@ -378,30 +378,33 @@ def test_cli_options_and_validation(tmp_path):
 
 
 def test_license_policy(tmp_path):
-    recs = distinct_records(6)
-    for rec, lic in zip(recs, ["CC-BY-4.0", "CC-BY-NC-4.0", None, "CC0-1.0", "LicenseRef-PDM", "CC-BY-SA-3.0-DE"]):
+    recs = distinct_records(9)
+    ids = ["CC-BY-4.0", "CC-BY-NC-4.0", None, "CC0-1.0", "LicenseRef-PDM", "CC-BY-SA-3.0-DE", "CC-PDM-1.0",
+           "LicenseRef-CC-BY-3.0-FR", "LicenseRef-CC-BY-NC-2.0-FR"]
+    for rec, lic in zip(recs, ids):
         rec["license"] = lic
     write_scored_part(tmp_path / "work", 0, recs)
     manifest = run(tmp_path / "work", tmp_path / "out", licenses=("commercial",))
     written = {r["license"] for r in all_samples(tmp_path / "out")}
-    assert written == {"CC-BY-4.0", "CC0-1.0", "LicenseRef-PDM", "CC-BY-SA-3.0-DE"}
-    assert manifest["totals"]["dropped"] == {"license_not_allowed": 1, "license_unknown": 1}
+    assert written == {"CC-BY-4.0", "CC0-1.0", "LicenseRef-PDM", "CC-BY-SA-3.0-DE", "CC-PDM-1.0", "LicenseRef-CC-BY-3.0-FR"}
+    assert manifest["totals"]["dropped"] == {"license_not_allowed": 2, "license_unknown": 1}
     lic = manifest["respected"]["licenses"]
     assert lic["policy"] == ["commercial"] and lic["samples_by_license"]["CC0-1.0"] == 1
     log = {r["url"]: r["detail"] for r in dedup_log(tmp_path / "out")}
     assert log[recs[1]["url"]] == "CC-BY-NC-4.0"
-    # The same policy again decides those two again, and they count once; a run without it
+    # The same policy again decides those three again, and they count once; a run without it
     # publishes them: what a policy left out is not lost to that OUT.
     again = run(tmp_path / "work", tmp_path / "out", licenses=("commercial",))
     assert again["runs"][-1]["stages"]["shards"]["written"] == 0
-    assert again["totals"]["dropped"] == {"license_not_allowed": 1, "license_unknown": 1}
+    assert again["totals"]["dropped"] == {"license_not_allowed": 2, "license_unknown": 1}
     lifted = run(tmp_path / "work", tmp_path / "out")
-    assert lifted["runs"][-1]["stages"]["shards"]["written"] == 2 and lifted["totals"]["samples"] == 6
+    assert lifted["runs"][-1]["stages"]["shards"]["written"] == 3 and lifted["totals"]["samples"] == 9
     assert lifted["totals"]["dropped"] == {}
     # explicit ids and patterns; no policy changes nothing
     manifest = run(tmp_path / "work", tmp_path / "out2", licenses=("CC-BY-*", "cc0-1.0"))
-    assert {r["license"] for r in all_samples(tmp_path / "out2")} == {"CC-BY-4.0", "CC-BY-NC-4.0", "CC0-1.0", "CC-BY-SA-3.0-DE"}
-    assert len(all_samples(tmp_path / "out3") if run(tmp_path / "work", tmp_path / "out3") else []) == 6
+    assert {r["license"] for r in all_samples(tmp_path / "out2")} == {  # CC-BY-* takes unlisted ports too
+        "CC-BY-4.0", "CC-BY-NC-4.0", "CC0-1.0", "CC-BY-SA-3.0-DE", "LicenseRef-CC-BY-3.0-FR", "LicenseRef-CC-BY-NC-2.0-FR"}
+    assert len(all_samples(tmp_path / "out3") if run(tmp_path / "work", tmp_path / "out3") else []) == 9
     with pytest.raises(ConfigError, match="--licenses"):
         ShardsConfig(work=tmp_path / "work", out=tmp_path / "o", licenses=("CC BY 4.0!",))
 
