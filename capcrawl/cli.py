@@ -10,11 +10,12 @@ from __future__ import annotations
 import argparse
 import gc
 import logging
+import signal
 import sys
 from pathlib import Path
 from typing import Callable, NoReturn, Sequence
 
-from common.errors import ConfigError
+from common.errors import ConfigError, raise_terminated
 from common.options import add_options, from_namespace
 from crawler.config import CLUSTER, CRAWL_ONLY, LIST_ONLY, CrawlConfig
 from crawler.frontier import EXIT_FRONTIER_LOST, FrontierError
@@ -249,6 +250,9 @@ def run() -> None:
     before :func:`main` returns, as capcrawl's all are (Python does not promise ``__del__`` at
     exit either). In-process callers (the tests) use :func:`main` and are not affected.
     """
+    # SIGTERM (a scheduler, `kill`) stops a command as Ctrl-C does: temporary files removed, exit
+    # 130 (the crawl installs Scrapy's own handlers for both while it runs).
+    signal.signal(signal.SIGTERM, raise_terminated)
     code = main()
     gc.collect()
     gc.freeze()

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from common.errors import ConfigError
+from common.errors import ConfigError, Terminated
 from crawler.config import CrawlConfig
 from crawler.frontier import EXIT_FRONTIER_LOST
 from crawler.stats import read_stats
@@ -178,8 +178,13 @@ def run_workers(config: CrawlConfig, argv: Sequence[str]) -> tuple[int, dict[str
 def _wait(procs: list[subprocess.Popen]) -> list[int]:
     try:
         return [p.wait() for p in procs]
-    except KeyboardInterrupt:
-        # The terminal sent SIGINT to the workers too: they stop gracefully; wait for them.
+    except KeyboardInterrupt as e:
+        # Ctrl-C: the terminal sent SIGINT to the workers too. SIGTERM came to this process
+        # alone: pass it on. Either way they stop gracefully; wait for them.
+        if isinstance(e, Terminated):
+            for p in procs:
+                if p.poll() is None:
+                    p.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + STOP_GRACE
         for p in procs:
             try:

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from common.errors import ConfigError
-from common.fileio import atomic_write_json
+from common.fileio import atomic_write_json, locked_dir
 from common.layout import STATS_FILE
 from crawler.config import CrawlConfig
 from filter.config import FilterConfig
@@ -117,6 +117,11 @@ def download(config: CrawlConfig, log_level: str = "WARNING") -> dict[str, Any]:
     Shards already marked complete are skipped without starting a task. ``stats["failed_shards"]``
     lists the shards whose task failed on every try (a rerun tries them again).
     """
+    with locked_dir(config.crawl_dir, "WORK"):  # one command writes WORK/crawl at a time
+        return _download(config, log_level)
+
+
+def _download(config: CrawlConfig, log_level: str) -> dict[str, Any]:
     started_at = datetime.now(timezone.utc)
     cut = input_shards.cut_url_list(config)
     todo = [s for s in cut.shards if input_shards.read_marker(config, s) is None]
@@ -243,6 +248,13 @@ def pool_size(config: FilterConfig, resources: dict[str, float], parts: int) -> 
 
 def filter_parts(config: FilterConfig) -> dict[str, Any]:
     """Score WORK/crawl's unfinished parts on a pool of Ray actors; returns WORK/scored/stats.json."""
+    from filter.stage import locked_share
+
+    with locked_share(config):
+        return _filter_parts(config)
+
+
+def _filter_parts(config: FilterConfig) -> dict[str, Any]:
     from filter.stage import check_scoring_options, collect_stats, record_scoring_options, unfinished_parts, write_done_marker
 
     config.check_inputs()

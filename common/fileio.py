@@ -115,3 +115,37 @@ def remove_stale_temps(directory: str | Path, owned: Callable[[str], bool] = lam
             p.unlink(missing_ok=True)
             removed.append(p)
     return removed
+
+
+#: Held (flock) by the command writing a directory: OUT, WORK/crawl.
+LOCK_FILE = ".capcrawl.lock"
+
+
+@contextmanager
+def locked_dir(directory: str | Path, label: str, shared: bool = False, name: str = LOCK_FILE) -> Iterator[None]:
+    """Hold a lock on ``directory`` (``label`` names it in errors) while a command writes it;
+    fail at once, with a ConfigError, if another command holds it.
+
+    ``shared``: writers that share the directory by design (crawl workers of one frontier,
+    each writing parts of its own) take it together, and exclude every exclusive writer.
+    The lock goes with the process, however it ends (kill -9 included).
+    """
+    import fcntl
+
+    from .errors import ConfigError
+
+    d = Path(directory)
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+        fh = open(d / name, "a+")
+    except OSError as e:
+        raise ConfigError(f"Cannot write to {label} {d}: {e.strerror or e}.") from e
+    with fh:
+        try:
+            fcntl.flock(fh, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+        except BlockingIOError as e:
+            raise ConfigError(f"Another capcrawl command is writing {d}; wait for it to finish.") from e
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)

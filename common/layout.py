@@ -10,6 +10,8 @@
     WORK/crawl/_input/shard-NNNNN.done     an input shard's completion marker (its counts, JSON)
     WORK/crawl/_tasks/shard-NNNNN/         an input shard's own work directory while its task runs
     WORK/crawl/stats.json                  counts; _SUCCESS when the crawl finished with nothing pending
+    WORK/crawl/lists.json                  how far each URL list was read, kept before every part goes into place
+    WORK/crawl/.capcrawl.lock              held (flock) while a command writes WORK/crawl
     WORK/scored/part-NNNNN.parquet         scored records (SCORED_SCHEMA), one per crawl part, same name
     WORK/scored/emb-NNNNN.npy              float16 image embeddings, row-aligned with the scored part
     WORK/scored/stats.json, _SUCCESS
@@ -32,6 +34,7 @@ STATS_FILE = "stats.json"
 DONE_FILE = "_SUCCESS"
 PAGES_FILE = "pages.jsonl"
 IMAGE_PAGES_FILE = "image_pages.parquet"
+LISTS_FILE = "lists.json"
 
 INPUT_DIR = "_input"
 TASKS_DIR = "_tasks"

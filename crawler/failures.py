@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from urllib.parse import urljoin, urlsplit
 
 from scrapy.exceptions import (
@@ -86,7 +87,7 @@ def failure_status(failure: Failure, page: bool) -> tuple[str, str] | None:
 
         if (why := refusal_for(urlparse_cached(failure.request).hostname)) is not None:
             return S.PRIVATE_ADDRESS.value, why
-    if isinstance(exc, (DownloadCancelledError, defer.CancelledError)):
+    if isinstance(exc, (DownloadCancelledError, defer.CancelledError, asyncio.CancelledError)):
         if "max size" in str(exc) or "maxsize" in str(exc) or "larger than" in str(exc):
             return S.TOO_LARGE.value, str(exc)
         return None

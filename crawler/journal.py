@@ -94,6 +94,8 @@ class PageJournal:
         return read
 
     def add(self, entry: PageEntry) -> None:
+        if self._fh.closed:
+            return  # a page parsed after a stop at once (a second Ctrl-C): fetched again next run
         self.entries[entry.url] = entry
         self._fh.write(json.dumps(asdict(entry), ensure_ascii=False) + "\n")
         self._fh.flush()
@@ -109,6 +111,8 @@ class PageJournal:
         return sum(e.data_uris for e in self.entries.values())
 
     def close(self) -> None:
+        if self._fh.closed:
+            return
         self._fh.flush()
         os.fsync(self._fh.fileno())
         self._fh.close()

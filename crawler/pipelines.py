@@ -26,6 +26,9 @@ from .workers import worker_context
 log = logging.getLogger(__name__)
 
 PART_MAX_BYTES = 256 * 1024 * 1024
+#: Scrapy signal sent on a stop at once (a second Ctrl-C, crawler.stage): the pipeline saves
+#: the rows it holds and records nothing after (the downloads still running are cancelled).
+STOP_NOW = object()
 # zstd for every column but the image bytes, which are JPEG/WebP/PNG already: compressing
 # them again costs reactor CPU and saves nothing.
 PART_COMPRESSION = {name: ("none" if name == "image" else "zstd") for name in CRAWL_SCHEMA.names}
@@ -44,15 +47,19 @@ class PartWriter:
     worker's id in its part names (``part-w03-00000.parquet``), so that workers sharing a
     directory never write the same name.
 
+    ``before_publish()`` runs before each part is renamed into place (a URL list's spider keeps
+    how far it read the list then: every row of the part comes from a line read by then).
+
     ``commit`` (a crawl worker's frontier) is told which URLs a part holds before it is renamed
     (``commit_part(index, urls)``) and that it was (``part_done(index)``): their leases last
     until then. A part whose commit fails is dropped, its rows still leased in the frontier.
     """
 
     def __init__(self, directory: Path, rows_per_part: int, max_bytes: int = PART_MAX_BYTES, group_rows: int = 256,
-                 worker: int | None = None, commit: Any = None):
+                 worker: int | None = None, commit: Any = None, before_publish: Callable[[], None] | None = None):
         self.directory = directory
         self.commit = commit
+        self.before_publish = before_publish
         self.part_urls: list[str] = []  # URLs of the open part's rows (kept for a commit only)
         self.rows_per_part = rows_per_part
         self.max_bytes = max_bytes
@@ -97,6 +104,8 @@ class PartWriter:
             return
         self._writer.close()
         final = self.directory / part_name(self.next_index, self.worker)
+        if self.before_publish is not None:
+            self.before_publish()
         if self.commit is None:
             path = publish(self._tmp, final)
         else:
@@ -287,13 +296,26 @@ class ImagePipeline:
 
     @classmethod
     def from_crawler(cls, crawler) -> "ImagePipeline":
-        return cls(crawler)
+        pipeline = cls(crawler)
+        crawler.signals.connect(pipeline.stop_now, signal=STOP_NOW)
+        return pipeline
+
+    stopped = False  # by stop_now
+
+    def stop_now(self) -> None:
+        """Save the rows held (the open part) and record nothing more: whatever is still on its
+        way is pending, fetched again by the next run."""
+        if self.stopped or self.writer is None:
+            return
+        self.stopped = True
+        self._save_rows()
 
     def open_spider(self, spider=None) -> None:
         spider = spider or self.crawler.spider
         cfg = spider.config
         self.batcher = PoolBatcher(cfg.workers, cfg.image_options())
-        self.writer = PartWriter(spider.crawl_dir, cfg.part_rows, worker=spider.worker_id, commit=spider.part_commit)
+        self.writer = PartWriter(spider.crawl_dir, cfg.part_rows, worker=spider.worker_id, commit=spider.part_commit,
+                                 before_publish=getattr(spider, "before_part_published", None))
         self.frontier = spider.part_commit
         if self.frontier is not None:
             from .frontier import FrontierError
@@ -310,7 +332,7 @@ class ImagePipeline:
     async def process_item(self, item: dict[str, Any], spider=None) -> dict[str, Any]:
         body = item.pop("body", None)
         row = {k: item.get(k) for k in CRAWL_COLUMNS if k in item}
-        if body is not None:
+        if body is not None and not self.stopped:
             result = await self.batcher.process(body, item.get("content_type"))
             for name in _RESULT_FIELDS:
                 value = getattr(result, name)
@@ -319,6 +341,8 @@ class ImagePipeline:
             if self.blocklist is not None and row["status"] == Status.OK.value:
                 self._apply_blocklist(row)
         row.setdefault("fetched_at", _utcnow())
+        if self.stopped:
+            return {"url": row["url"], "status": "pending"}
         if self.frontier is None:
             self.writer.add(row)
         elif not self._add_leased(row):
@@ -352,15 +376,19 @@ class ImagePipeline:
             self.batcher.flush()
             if self.batcher.in_flight:
                 await asyncio.gather(*self.batcher.in_flight, return_exceptions=True)
-        if self.writer is not None:
-            if self.frontier is None:
-                self.writer.flush()
-            elif not self.frontier.failure:
-                try:
-                    self.writer.flush()
-                except self.commit_errors as e:
-                    log.error("the last part was dropped (%s); its rows stay leased in the frontier", e)
-            else:
-                self.writer.abort()
+        if self.writer is not None and not self.stopped:
+            self._save_rows()
         if self.batcher is not None:
             self.batcher.close()
+
+    def _save_rows(self) -> None:
+        """The open part into place (a crawl worker's only while its frontier holds)."""
+        if self.frontier is None:
+            self.writer.flush()
+        elif not self.frontier.failure:
+            try:
+                self.writer.flush()
+            except self.commit_errors as e:
+                log.error("the last part was dropped (%s); its rows stay leased in the frontier", e)
+        else:
+            self.writer.abort()

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import logging
+import signal
+import threading
 from typing import Any
 
 from common.errors import ConfigError
+from common.fileio import locked_dir
 
 from .config import CrawlConfig
 from .stats import read_stats
@@ -60,17 +63,22 @@ def run(config: CrawlConfig, log_level: str = "WARNING") -> dict[str, Any]:
     Runs an asyncio event loop (and, with ``--http-client twisted``, Twisted's reactor), so
     call it once per process.
     """
-    from scrapy.crawler import AsyncCrawlerProcess
+    check_upstream_or_fail()
+    # One crawl writes WORK/crawl at a time (the crawl workers of one frontier share it).
+    with locked_dir(config.crawl_dir, "WORK", shared=bool(config.cluster)):
+        return _run(config, log_level)
 
+
+def _run(config: CrawlConfig, log_level: str) -> dict[str, Any]:
     from .spiders.images import ImageListSpider, ImagesSpider
     from .upstream import set_scrapy_log_levels
 
-    check_upstream_or_fail()
     if config.ignore_robots:
         log.warning("!!! --ignore-robots: robots.txt will NOT be obeyed. Only do this for sites you own. !!!")
     frontier = join_frontier(config) if config.cluster else None
+    handlers = _signal_handlers()
     try:
-        process = AsyncCrawlerProcess(scrapy_settings(config, log_level))
+        process = _crawl_process()(scrapy_settings(config, log_level))
         set_scrapy_log_levels(log_level)
         if frontier is not None:
             from .spiders.cluster import ClusterImagesSpider
@@ -80,6 +88,8 @@ def run(config: CrawlConfig, log_level: str = "WARNING") -> dict[str, Any]:
             process.crawl(ImageListSpider if config.url_list else ImagesSpider, config=config)
         process.start()
     finally:
+        # Scrapy's handlers outlive its loop: `run` would ignore a Ctrl-C in its later stages.
+        _restore_signal_handlers(handlers)
         if frontier is not None:
             frontier.leave()
     if frontier is not None and frontier.failure:
@@ -88,6 +98,57 @@ def run(config: CrawlConfig, log_level: str = "WARNING") -> dict[str, Any]:
         raise FrontierError(f"worker {frontier.worker_id}: {frontier.failure}. Nothing is lost: run the same "
                             "command again (with Redis reachable) to resume.")
     return read_stats(config.crawl_dir)
+
+
+def _signal_handlers() -> dict[int, Any]:
+    """SIGINT's and SIGTERM's handlers now (none outside the main thread, which cannot set them)."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+
+def _restore_signal_handlers(handlers: dict[int, Any]) -> None:
+    for sig, handler in handlers.items():
+        if handler is not None:
+            signal.signal(sig, handler)
+
+
+def _crawl_process() -> type:
+    """Scrapy's AsyncCrawlerProcess, stopping at once on a second Ctrl-C (or SIGTERM) without
+    losing what is finished or recording what is not.
+
+    Scrapy's first signal stops the crawl gracefully (the downloads under way finish); its second
+    cancels every task, so the downloads under way fail with CancelledError, which the crawl
+    would record as errors, and the spider never writes its stats. Here the second signal first
+    saves the pipeline's finished rows and writes stats.json (finish reason ``shutdown``, so the
+    command exits 130), then lets Scrapy cancel; nothing is recorded after that, so the URLs
+    still under way stay pending for the next run.
+    """
+    from scrapy.crawler import AsyncCrawlerProcess
+
+    class CrawlProcess(AsyncCrawlerProcess):
+        def _signal_kill_reactorless(self, signum: int, frame: Any) -> None:
+            if (loop := self._reactorless_loop) is not None:
+                loop.call_soon_threadsafe(self._stop_now)
+            super()._signal_kill_reactorless(signum, frame)
+
+        def _signal_kill(self, signum: int, frame: Any) -> None:  # --http-client twisted
+            from twisted.internet import reactor
+
+            reactor.callFromThread(self._stop_now)
+            super()._signal_kill(signum, frame)
+
+        def _stop_now(self) -> None:
+            from .pipelines import STOP_NOW
+
+            # The tasks left are cancelled on purpose: asyncio's notes on them are noise now.
+            logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+            for crawler in list(self.crawlers):
+                crawler.signals.send_catch_log(signal=STOP_NOW)
+                if (stop := getattr(crawler.spider, "stop_now", None)) is not None:
+                    stop()
+
+    return CrawlProcess
 
 
 def join_frontier(config: CrawlConfig) -> "Frontier":  # noqa: F821

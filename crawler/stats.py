@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from common.fileio import atomic_write_json
-from common.layout import DONE_FILE, STATS_FILE, list_parts, parse_part_name
+from common.layout import DONE_FILE, LISTS_FILE, STATS_FILE, list_parts, parse_part_name
 from common.records import SCHEMA_VERSION, read_columns
 
 #: Prefix of every counter capcrawl's crawl components keep in Scrapy's stats collector.
@@ -64,6 +64,24 @@ def list_entry(path: str | Path, lines_read: int, duplicate_url: int, recorded_b
 def list_skips(lists: dict[str, dict[str, Any]]) -> dict[str, int]:
     """``skipped`` of a WORK holding these lists: every line that is no row of its own."""
     return {"duplicate_url": sum(int(c.get("duplicate_url", 0)) + int(c.get("recorded_before", 0)) for c in lists.values())}
+
+
+def read_lists(crawl_dir: Path) -> dict[str, dict[str, Any]]:
+    """How far each URL list into WORK was read: stats.json's ``lists``, or lists.json's entry
+    where that is further (lists.json is kept before every part, so it survives a kill -9)."""
+    lists = dict(read_stats(crawl_dir).get("lists", {}))
+    try:
+        kept = json.loads((Path(crawl_dir) / LISTS_FILE).read_text())
+    except (OSError, ValueError):
+        kept = {}
+    for key, entry in (kept.items() if isinstance(kept, dict) else ()):
+        if int(entry.get("lines_read", 0)) > int(lists.get(key, {}).get("lines_read", -1)):
+            lists[key] = entry
+    return lists
+
+
+def write_lists(crawl_dir: Path, lists: dict[str, dict[str, Any]]) -> None:
+    atomic_write_json(lists, Path(crawl_dir) / LISTS_FILE)
 
 
 def read_stats(crawl_dir: Path) -> dict[str, Any]:

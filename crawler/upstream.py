@@ -593,6 +593,14 @@ def check_upstream(optional: bool = True) -> list[str]:
             problems.append(f"AiohttpDownloadHandler._request_headers takes {_params(handler._request_headers)}")
     except (ImportError, AttributeError) as e:
         problems.append(f"Scrapy's aiohttp handler is unavailable ({e}); --http-client twisted still works")
+    from scrapy.crawler import AsyncCrawlerProcess
+
+    # crawler.stage: a second Ctrl-C saves what is finished before Scrapy cancels the rest.
+    for name in ("_signal_kill_reactorless", "_signal_kill"):
+        if len(_params(getattr(AsyncCrawlerProcess, name, lambda: None))) != 3:
+            problems.append(f"AsyncCrawlerProcess.{name}(signum, frame) is gone: a second Ctrl-C may record cancelled downloads")
+    if "_reactorless_loop" not in inspect.getsource(AsyncCrawlerProcess):
+        problems.append("AsyncCrawlerProcess no longer keeps _reactorless_loop")
     import concurrent.futures as cf
 
     init_src = inspect.getsource(cf.ProcessPoolExecutor)

@@ -20,7 +20,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, ContextManager, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 import torch
 
 from common.errors import ConfigError
-from common.fileio import atomic_write_bytes, atomic_write_json, atomic_write_parquet, remove_stale_temps
+from common.fileio import atomic_write_bytes, atomic_write_json, atomic_write_parquet, locked_dir, remove_stale_temps
 from common.layout import DONE_FILE, STATS_FILE, emb_name, list_parts, parse_part_name
 from common.options import describe, digest
 from common.chrome import PageCounts, chrome_reason
@@ -679,8 +679,15 @@ def run_filter(config: FilterConfig, progress: ProgressHook | None = None) -> di
     """The filter stage's one entry point: load the model, score unfinished parts, return the stats."""
     config.check_inputs()
     check_scoring_options(config)
-    stage = FilterStage(config)
+    stage = FilterStage(config)  # the model loads before anything is written
     try:
-        return stage.run(progress)
+        with locked_share(config):
+            return stage.run(progress)
     finally:
         stage.close()
+
+
+def locked_share(config: FilterConfig) -> ContextManager[None]:
+    """One filter command at a time scores this machine's share of the parts (machines with
+    other ``--shard-index`` values share WORK/scored)."""
+    return locked_dir(config.scored_dir, "WORK", name=f".capcrawl-filter-{config.shard_index}-of-{config.num_shards}.lock")

@@ -15,21 +15,19 @@ crash leaves at most temporary files and tar-less siblings, which
 
 from __future__ import annotations
 
-import fcntl
 import io
 import json
 import logging
 import re
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, ContextManager
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from common.errors import ConfigError
-from common.fileio import atomic_write_bytes, atomic_write_json, atomic_write_parquet
+from common.fileio import atomic_write_bytes, atomic_write_json, atomic_write_parquet, locked_dir
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +35,6 @@ INDEX_DIR = "index"
 DEDUP_LOG_DIR = "dedup_log"
 MANIFEST_FILE = "manifest.json"
 REMOVALS_FILE = "removals.jsonl"
-LOCK_FILE = ".capcrawl.lock"
 INDEX_COLUMNS = ("key", "url", "sha256", "phash", "fetched_at")
 #: OUT/dedup_log/run-NNNNN.parquet: one row per candidate a run dropped, and why.
 DEDUP_LOG_SCHEMA = pa.schema(
@@ -95,23 +92,9 @@ def next_shard_number(out: Path) -> int:
     return int(shards[-1]) + 1 if shards else 0
 
 
-@contextmanager
-def locked(out: Path) -> Iterator[None]:
+def locked(out: Path) -> ContextManager[None]:
     """Hold an exclusive lock on OUT; fail at once if another command writes it."""
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        fh = open(out / LOCK_FILE, "a+")
-    except OSError as e:
-        raise ConfigError(f"Cannot write to OUT {out}: {e.strerror or e}.") from e
-    with fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as e:
-            raise ConfigError(f"Another capcrawl command is writing {out}; wait for it to finish.") from e
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    return locked_dir(out, "OUT")
 
 
 def clean_incomplete(out: Path) -> list[Path]:

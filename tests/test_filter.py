@@ -530,3 +530,18 @@ def test_tensor_decoding_matches_the_pil_path(tiny, tmp_path):
     emb = [np.load(tmp_path / m / SCORED_DIR / emb_name(part_name(0))).astype(np.float32) for m in ("pil", "torch")]
     decoded = (emb[0] != 0).any(axis=1)
     assert ((emb[0] * emb[1]).sum(axis=1)[decoded] > 0.98).all()
+
+
+def test_a_second_filter_on_the_same_share_is_refused(tiny, tmp_path):
+    """Two filters scoring one share of WORK at once would write the same scored parts: the
+    second is refused at once; another machine's share (--shard-index) is not held up."""
+    from filter.stage import locked_share
+
+    write_part(tmp_path, 0, _demo_rows())
+    write_part(tmp_path, 1, _demo_rows())
+    with locked_share(filter_config(tmp_path, *tiny_args(tiny))):
+        with pytest.raises(ConfigError, match=r"^Another capcrawl command is writing .*scored; wait for it to finish\.$"):
+            run_filter(filter_config(tmp_path, *tiny_args(tiny)))
+        assert not list((tmp_path / SCORED_DIR).glob("part-*"))
+        stats = run_filter(filter_config(tmp_path, *tiny_args(tiny, "--num-shards", "2", "--shard-index", "1")))
+        assert stats["this_run"]["parts_scored"] == 1

@@ -217,3 +217,23 @@ def test_hf_hub_model_through_the_cli(tmp_path):
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "hf-hub:capcrawl/other" in lines[0], proc.stderr
+
+
+def test_the_readmes_reading_snippet_reads_every_sample(mixed_out, tmp_path):
+    """The README's "Reading OUT" code, run as written (OUT being this OUT, three shards):
+    each reader it shows sees every sample."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Reading OUT"):]
+    code = section[section.index("```python\n") + len("```python\n"):section.index("\n```", section.index("```python"))]
+    chunks = [c.replace('"OUT', '"' + str(mixed_out)).replace("'OUT", "'" + str(mixed_out))
+              for c in code.split("\n\n")]
+    assert len(chunks) == 3 and all(str(mixed_out) in c for c in chunks), chunks
+    script = "import json\n" + "\n".join([
+        chunks[0], "webdataset_samples = sum(1 for s in ds if s['jpg'].size == (64, 64) and s['txt'])",
+        chunks[1], "datasets_rows = len(ds)",
+        chunks[2].replace("duckdb.sql(", "rel = duckdb.sql(", 1), "duckdb_rows = sum(n for _, n in rel.fetchall())",
+        "print(json.dumps([webdataset_samples, datasets_rows, duckdb_rows]))",
+    ])
+    manifest = json.loads((mixed_out / "manifest.json").read_text())
+    assert len(list(mixed_out.glob("*.tar"))) == 3
+    assert _datasets(script, tmp_path) == [manifest["totals"]["samples"]] * 3 == [14] * 3

@@ -344,6 +344,41 @@ def test_sigkill_during_writing_leaves_only_complete_tars(tmp_path):
     assert again["totals"] == manifest["totals"] and again["runs"][-1]["stages"]["shards"]["written"] == 0
 
 
+_SLOW_CLI = """
+import sys, time
+import shards.writer as writer
+real = writer.add_member
+def slow(tar, name, data):
+    time.sleep(0.02)
+    return real(tar, name, data)
+writer.add_member = slow
+from capcrawl.cli import run
+sys.argv = ["capcrawl", "-q", "shards", "--work", sys.argv[1], "--out", sys.argv[2], "--samples-per-shard", "10"]
+run()
+"""
+
+
+def test_sigterm_stops_shards_like_ctrl_c(tmp_path):
+    """SIGTERM (a scheduler's stop, `kill`) to `capcrawl shards`: exit 130 with the note on how
+    to resume, no temporary file left behind, and the rerun finishes the job."""
+    write_scored_part(tmp_path / "work", 0, distinct_records(60))
+    out = tmp_path / "out"
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.Popen([sys.executable, "-c", _SLOW_CLI, str(tmp_path / "work"), str(out)], env=env, cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while not (out / "00001.tar").exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert err.strip().endswith("capcrawl: interrupted; run the same command again to resume."), err
+    assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
+    assert 0 < len(tars(out)) < 6, "the signal came too late to test anything"
+    manifest = run(tmp_path / "work", out, samples_per_shard=10)
+    assert manifest["totals"]["samples"] == 60
+
+
 # --- configuration -------------------------------------------------------------------
 
 

@@ -8,6 +8,7 @@ as a row; pages end as counted statuses in the journal and stats.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import re
 from collections import defaultdict, deque
@@ -35,7 +36,7 @@ from ..failures import failure_status
 from ..journal import PageEntry, PageJournal, image_page_counts, load_done_urls
 from ..optout import OptOut
 from ..optout_middleware import response_opt_out
-from ..stats import SKIPPED, list_entry, list_key, list_skips, read_stats, write_crawl_stats
+from ..stats import SKIPPED, list_entry, list_key, list_skips, read_lists, write_crawl_stats, write_lists
 from ..upstream import cancel_queued_downloads, engine_closing, until_closing
 from ..urllist import iter_url_list
 
@@ -152,7 +153,7 @@ class ImagesSpider(scrapy.Spider):
         crawler.settings.setdict(spider.config.scrapy_settings(), priority="spider")
         for name, paths in spider.components_off.items():  # merged into, not replacing, the project's dict
             crawler.settings.set(name, {**crawler.settings.getdict(name), **dict.fromkeys(paths)}, priority="spider")
-        crawler.signals.connect(spider._on_closed, signal=signals.spider_closed)
+        crawler.signals.connect(spider._close_once, signal=signals.spider_closed)
         crawler.signals.connect(spider._watch_for_stop, signal=signals.spider_opened)
         crawler.signals.connect(spider._stop_watching, signal=signals.spider_closed)
         crawler.signals.connect(spider._bytes_received, signal=signals.bytes_received)
@@ -188,6 +189,19 @@ class ImagesSpider(scrapy.Spider):
     def _count(self, key: str, n: int = 1) -> None:
         self.crawler.stats.inc_value(key, n)
 
+    def _close_once(self, spider: scrapy.Spider | None = None, reason: str = "") -> None:
+        """The journal closed and the stats written, once: at the spider's close, or sooner by
+        :meth:`stop_now`."""
+        if getattr(self, "_stats_written", False):
+            return
+        self._stats_written = True
+        self._on_closed(self, reason)
+
+    def stop_now(self) -> None:
+        """A stop at once (a second Ctrl-C): what is finished is kept as it is now (the pipeline
+        has just saved its rows), and nothing that the cancelled downloads return is recorded."""
+        self._close_once(self, "shutdown")
+
     def _on_closed(self, spider: scrapy.Spider, reason: str) -> None:
         """After the pipeline flushed its last part: close the journal and write the stats."""
         self.journal.close()
@@ -197,7 +211,7 @@ class ImagesSpider(scrapy.Spider):
             mode=self.config.mode,
             pages=self.page_status_counts(),
             skipped=self.skipped_counts(),
-            pending=len(self.outstanding),
+            pending=self.pending_count(),
             scrapy_stats=self.crawler.stats.get_stats(),
             finish_reason=reason,
             started_at=self.started_at,
@@ -217,6 +231,10 @@ class ImagesSpider(scrapy.Spider):
     def list_counts(self) -> dict[str, dict[str, Any]] | None:
         """stats.json's ``lists`` (None: a crawl from seeds keeps the earlier ones as they are)."""
         return None
+
+    def pending_count(self) -> int:
+        """Image URLs on their way that a rerun fetches (pages wait in the journal)."""
+        return len(self.outstanding)
 
     def page_status_counts(self) -> dict[str, int]:
         counts = self.journal.status_counts()
@@ -437,7 +455,7 @@ class ImageListSpider(ImagesSpider):
     def _start_requests(self) -> Iterator[Any]:
         cfg = self.config
         # What earlier passes over this list counted (WORK may hold other lists' rows too).
-        self.lists_before = read_stats(self.crawl_dir).get("lists", {})
+        self.lists_before = read_lists(self.crawl_dir)
         before = self.lists_before.get(list_key(cfg.url_list), {})
         read_before = int(before.get("lines_read", 0))
         self.list_pass = {"lines": 0, "duplicate_url": 0, "recorded_before": int(before.get("recorded_before", 0)),
@@ -462,6 +480,23 @@ class ImageListSpider(ImagesSpider):
                     state["recorded_before"] += 1
                 continue
             yield from self._fetch_or_refuse({"url": url, "caption_in": caption})
+        state["read_all"] = True
+
+    def pending_count(self) -> int:
+        """The URLs on their way and, when the pass stopped before the list's end (Ctrl-C, a
+        deadline), the lines not read yet: a rerun reads them (each one a URL to fetch, or a
+        repeat to count). Counting them reads the rest of the list once."""
+        state = getattr(self, "list_pass", None)
+        if state is None or state.get("read_all"):
+            return len(self.outstanding)
+        cfg = self.config
+        rest = iter_url_list(cfg.url_list, cfg.input_format, cfg.url_col, cfg.caption_col)
+        return len(self.outstanding) + sum(1 for _ in itertools.islice(rest, state["lines"], None))
+
+    def before_part_published(self) -> None:
+        """Keep how far this pass read the list before a part goes into place: after a kill the
+        next pass knows that the URLs of its rows came from this list, not an earlier one."""
+        write_lists(self.crawl_dir, self.list_counts())
 
     def list_counts(self) -> dict[str, dict[str, Any]]:
         """Every list downloaded into WORK, with what its passes counted (this one's updated)."""
