@@ -131,7 +131,7 @@ def parse_takedown(path: str | Path, max_distance: int) -> list[BlockEntry]:
     """Entries of a takedown file; raise ConfigError naming the first bad line."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")
     except OSError as e:
         raise ConfigError(f"Cannot read the takedown file {path}: {e.strerror}; pass an existing text file.") from e
     now = datetime.now(timezone.utc).isoformat()
@@ -170,7 +170,7 @@ class BlockSet:
         """Entries of a blocklist file (``OUT/blocklist.jsonl``); ConfigError naming a bad line."""
         path = Path(path)
         try:
-            lines = path.read_text(encoding="utf-8").splitlines()
+            lines = path.read_text(encoding="utf-8-sig").splitlines()
         except OSError as e:
             raise ConfigError(f"cannot read the blocklist {path}: {e.strerror}; pass the blocklist.jsonl that `capcrawl remove` writes.") from e
         entries = []

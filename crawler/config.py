@@ -299,7 +299,7 @@ def expand_seeds(seeds: tuple[str, ...] | list[str]) -> list[str]:
         if not s:
             continue
         if "://" not in s and os.path.exists(s):
-            with open(s, encoding="utf-8") as fh:
+            with open(s, encoding="utf-8-sig") as fh:
                 for line in fh:
                     line = line.split("#", 1)[0].strip()
                     if line:

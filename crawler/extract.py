@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
 from lxml import etree
 from parsel import Selector
@@ -242,8 +242,10 @@ def _image_url(img: Selector) -> str | None:
 #: Inert or hidden markup: a browser shows no image inside it (``<noscript>`` fallbacks are
 #: kept: they name the real image of a lazy-loading one, and one URL is one image).
 _INERT = "ancestor::template"
-#: ``url(...)`` in an inline style's background (quotes optional).
-_CSS_URL = re.compile(r"""background(?:-image)?\s*:[^;]*?url\(\s*(['"]?)(.*?)\1\s*\)""", re.I | re.S)
+#: An inline style's background declaration, and each ``url(...)`` in it (quotes optional;
+#: a declaration may list several layers).
+_CSS_BACKGROUND = re.compile(r"""background(?:-image)?\s*:((?:[^;(]|\([^)]*\))*)""", re.I | re.S)
+_CSS_URL = re.compile(r"""url\(\s*(['"]?)(.*?)\1\s*\)""", re.I | re.S)
 #: File names that an <object>/<embed> without a type is taken as an image for.
 _IMAGE_FILE = re.compile(r"\.(?:jpe?g|png|gif|webp|avif|bmp|tiff?|svg)(?:[?#]|$)", re.I)
 
@@ -275,34 +277,74 @@ def _image_elements(sel: Selector):
             kind = (el.get("type") or "").strip().lower()
             if kind.startswith("image/") or (not kind and _IMAGE_FILE.search(raw)):
                 yield el, raw.strip() or None, None, title
-        for m in _CSS_URL.finditer(el.get("style") or ""):
-            yield el, m.group(2).strip() or None, None, title
+        for decl in _CSS_BACKGROUND.finditer(el.get("style") or ""):
+            for m in _CSS_URL.finditer(decl.group(1)):
+                yield el, m.group(2).strip() or None, None, title
 
 
-def normalise_url(base: str, href: str, keep_unparsable: bool = False) -> str | None:
+def normalise_url(base: str, href: str, keep_unparsable: bool = False, encoding: str = "utf-8") -> str | None:
     """Absolute http(s) URL without fragment, percent-encoded, or None.
 
     A URL that cannot be parsed (``http://[::1``) is None too, or, with ``keep_unparsable``,
     ``href`` as written: an image's row then says ``bad_url`` instead of the image vanishing.
+    ``encoding`` is the page's: as in a browser, the query is percent-encoded in it (the
+    path always in UTF-8).
     """
     href = href.strip()
     if not href or href.startswith(("javascript:", "mailto:", "tel:", "#")):
         return None
-    url = join_url(base, href, fragment=False)
+    url = join_url(base, _backslashes_to_slashes(href), fragment=False)
     if url is None:
         return href if keep_unparsable else None
+    if encoding.lower().replace("_", "-").startswith("utf-16"):
+        encoding = "utf-8"  # WHATWG: a UTF-16 page's URLs are encoded in UTF-8
     try:
         # As a browser sends it (and Scrapy requests it): percent-encoded, host in lower case,
         # so that "a b.jpg" and "a%20b.jpg" are one image, recorded under one URL.
-        url = safe_url_string(url)
+        try:
+            url = safe_url_string(url, encoding=encoding)
+        except UnicodeEncodeError:
+            # A character the page's encoding lacks: a browser sends it as &#NNNN; (encoded).
+            parts = urlsplit(url)
+            query = "".join(c if _encodes(c, encoding) else quote(f"&#{ord(c)};", safe="") for c in parts.query)
+            url = safe_url_string(urlunsplit(parts._replace(query=query)), encoding=encoding)
+        except LookupError:
+            url = safe_url_string(url)  # an encoding Python does not know
         scheme = urlsplit(url).scheme
     except ValueError:
         return href if keep_unparsable else None
-    return url if scheme in ("http", "https") else None
+    if scheme not in ("http", "https"):
+        return None
+    # RFC 3986 6.2.2.1: %c3%a9 and %C3%A9 are one URL (and Scrapy sends the upper-case form).
+    return _PERCENT_ESCAPE.sub(lambda m: m.group(0).upper(), url) if "%" in url else url
 
 
-def extract_page(html: str | Selector, page_url: str, agent_token: str = "capcrawl") -> PageInfo:
-    """Read images, licences, links and noai/noimageai opt-outs from one HTML page."""
+_PERCENT_ESCAPE = re.compile(r"%[0-9a-fA-F]{2}")
+
+
+def _encodes(char: str, encoding: str) -> bool:
+    try:
+        char.encode(encoding)
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _backslashes_to_slashes(href: str) -> str:
+    """Backslashes before the query are slashes in an http(s) URL (WHATWG), as browsers read
+    ``src="\\img\\a.jpg"``: ``/img/a.jpg``."""
+    if "\\" not in href:
+        return href
+    scheme = href.split(":", 1)[0].lower() if ":" in href.split("/", 1)[0].split("\\", 1)[0] else ""
+    if scheme not in ("", "http", "https"):
+        return href
+    cut = min((i for i in (href.find("?"), href.find("#")) if i >= 0), default=len(href))
+    return href[:cut].replace("\\", "/") + href[cut:]
+
+
+def extract_page(html: str | Selector, page_url: str, agent_token: str = "capcrawl", encoding: str = "utf-8") -> PageInfo:
+    """Read images, licences, links and noai/noimageai opt-outs from one HTML page (decoded from
+    ``encoding``, which the URLs' queries are encoded in)."""
     sel = html if isinstance(html, Selector) else Selector(text=html, type="html")
     base = sel.xpath("//base/@href").get()
     base = (join_url(page_url, base) or page_url) if base else page_url
@@ -328,14 +370,14 @@ def extract_page(html: str | Selector, page_url: str, agent_token: str = "capcra
     nav_targets = nav_link_targets(sel.root, base)
     found = list(_image_elements(sel))
     # A CSS or <object> copy of an <img> adds nothing, wherever it stands: the <img> has the alt.
-    img_urls = {normalise_url(base, raw) for el, raw, _, _ in found if el.tag == "img" and raw}
+    img_urls = {normalise_url(base, raw, encoding=encoding) for el, raw, _, _ in found if el.tag == "img" and raw}
     seen_images: set[str] = set()
     first_img: dict[str, ImageRef] = {}
     for el, raw, alt, title in found:
         if not raw or raw.startswith("data:"):
             info.data_uris += 1 if raw else 0
             continue
-        url = normalise_url(base, raw, keep_unparsable=True)
+        url = normalise_url(base, raw, keep_unparsable=True, encoding=encoding)
         if not url or (el.tag != "img" and (url in seen_images or url in img_urls)):
             continue
         seen_images.add(url)
@@ -367,7 +409,7 @@ def extract_page(html: str | Selector, page_url: str, agent_token: str = "capcra
             first_img.setdefault(url, ref)
 
     for og in sel.xpath("//meta[@property='og:image' or @name='og:image']/@content").getall():
-        url = normalise_url(base, og, keep_unparsable=True)
+        url = normalise_url(base, og, keep_unparsable=True, encoding=encoding)
         if url and all(url != i.url for i in info.images):
             lic = structured.get(url, (info.license, info.license_url, info.license_source))
             desc = _text(sel.xpath("//meta[@property='og:description']/@content").get(), CONTEXT_CHARS)
@@ -375,7 +417,7 @@ def extract_page(html: str | Selector, page_url: str, agent_token: str = "capcra
 
     seen: set[str] = set()
     for h in sel.xpath("//a/@href").getall():
-        url = normalise_url(base, h, keep_unparsable=True)  # the crawl counts it as a bad_url page
+        url = normalise_url(base, h, keep_unparsable=True, encoding=encoding)  # the crawl counts it as a bad_url page
         if url and url not in seen:
             seen.add(url)
             info.links.append(url)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from urllib.parse import urljoin, urlsplit
 
 from scrapy.exceptions import (
@@ -61,13 +62,41 @@ def _unfollowed_redirect_scheme(response) -> str | None:
     return scheme if scheme and scheme not in ("http", "https") else None
 
 
+#: Scrapy's and urllib's words for a URL that no Request can be made of.
+_URL_ERRORS = ("Missing scheme in request url", "Invalid IPv6 URL", "Port out of range", "Port could not be cast",
+               "Unsupported URL scheme")
+
+
+def _decompressed_past_cap(exc: IgnoreRequest) -> bool:
+    """Scrapy's HttpCompressionMiddleware gave up on a body that inflated past the size cap."""
+    return type(exc.__cause__).__name__ == "_DecompressionMaxSizeExceeded" or "during decompression" in str(exc)
+
+
+#: aiohttp names the TLS context even of a plain http connection: `ssl:<ssl.SSLContext object at 0x7f..>`.
+_SSL_NOISE = re.compile(r" ssl:(?:<[^>]*>|default|True|False|None)")
+#: What an exception that says nothing (Twisted's ResponseDataLossError) means.
+_SILENT = {"ResponseDataLossError": "the connection closed before the whole body arrived"}
+
+
+def _error_text(exc: BaseException) -> str:
+    """``Type: message`` of a failure, without an object's address, at most 500 characters."""
+    message = _SSL_NOISE.sub("", str(exc)) or _SILENT.get(type(exc).__name__, "")
+    return f"{type(exc).__name__}: {message}"[:500]
+
+
 def failure_status(failure: Failure, page: bool) -> tuple[str, str] | None:
     """``(status, error)`` for a failed request; None when it was cancelled by shutdown."""
     exc = failure.value
-    text = f"{type(exc).__name__}: {exc}"[:500]
+    text = _error_text(exc)
     S = PageStatus if page else Status
     if too_large := failure.request.meta.get("cc_too_large") if failure.request is not None else None:
         return S.TOO_LARGE.value, too_large
+    if isinstance(exc, ValueError) and str(exc).startswith(_URL_ERRORS):
+        # A redirect to a URL no request can be made for (javascript:, a bad port or IPv6
+        # address): the listed URL was checked before it was requested, so its target is at fault.
+        return S.BAD_URL.value, f"redirected to a URL that cannot be requested ({exc})"[:500]
+    if isinstance(exc, IgnoreRequest) and _decompressed_past_cap(exc):
+        return S.TOO_LARGE.value, text
     if isinstance(exc, HttpError):
         if scheme := _unfollowed_redirect_scheme(exc.response):
             return S.BAD_URL.value, f"HTTP {exc.response.status} to a {scheme}: URL, which is not fetched"

@@ -337,11 +337,28 @@ def _shrink_plan(img: Image.Image, opts: ImageOptions) -> tuple[tuple[int, int],
     return (tw, th), k
 
 
+#: The first bytes of the image formats browsers show (WHATWG MIME sniffing's image patterns).
+_IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM", b"\x00\x00\x01\x00", b"\x00\x00\x02\x00",
+                b"II*\x00", b"MM\x00*")
+
+
+def looks_like_image(data: bytes) -> bool:
+    """The bytes start as an image file does (JPEG, PNG, GIF, WebP, BMP, ICO, TIFF, AVIF/HEIF)."""
+    if data.startswith(_IMAGE_MAGIC):
+        return True
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return True
+    return data[4:8] == b"ftyp" and data[8:12] in (b"avif", b"avis", b"heic", b"heix", b"mif1", b"msf1")
+
+
 def process_image(data: bytes, opts: ImageOptions, content_type: str | None = None) -> ImageResult:
     """Turn downloaded bytes into a sample image, or a status saying why not."""
     sha = hashlib.sha256(data).hexdigest()
     res = ImageResult(status=Status.OK.value, sha256=sha)
-    if content_type and content_type.split(";")[0].strip().lower() in ("text/html", "application/xhtml+xml"):
+    if content_type and content_type.split(";")[0].strip().lower() in ("text/html", "application/xhtml+xml") \
+            and not looks_like_image(data):
+        # A soft 404 or an error page. An image that a script sends as text/html (a forgotten
+        # header) is read: browsers sniff <img> responses too.
         return _fail(res, Status.NOT_AN_IMAGE, f"content type {content_type}")
     # Pillow's own decompression-bomb guard stays on, at the same limit as --max-pixels: it
     # refuses at open() what is over twice the limit, and warns (turned into an error at

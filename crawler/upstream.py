@@ -378,6 +378,12 @@ _AIOHTTP_MODULE = "scrapy.core.downloader.handlers._aiohttp"
 AIOHTTP_HANDLER = f"{__name__}.AiohttpHandler"
 
 
+#: aiohttp's response limits (8,190-byte header lines, 128 headers) refuse what web servers
+#: send and browsers and Twisted read: a stock nginx's 11 KB Content-Security-Policy, a 12 KB
+#: Set-Cookie, 150 headers. These are Twisted's order of size, still bounded.
+AIOHTTP_HEADER_LIMITS = {"max_line_size": 65536, "max_field_size": 65536, "max_headers": 1024}
+
+
 def _aiohttp_handler_class() -> type:
     """capcrawl's aiohttp download handler, defined on first use (it imports aiohttp)."""
     import importlib
@@ -400,16 +406,21 @@ def _aiohttp_handler_class() -> type:
             from .resolver import Guard, GuardedAiohttpResolver
 
             resolver = GuardedAiohttpResolver(Guard.from_settings(crawler.settings))
-            real = aiohttp.TCPConnector
+            real, real_session = aiohttp.TCPConnector, aiohttp.ClientSession
 
             def connector(*args: Any, **kwargs: Any) -> Any:
                 return real(*args, resolver=resolver, **kwargs)
 
+            def session(*args: Any, **kwargs: Any) -> Any:
+                return real_session(*args, **AIOHTTP_HEADER_LIMITS, **kwargs)
+
             aiohttp.TCPConnector = connector  # type: ignore[misc]
+            aiohttp.ClientSession = session  # type: ignore[misc]
             try:
                 super().__init__(crawler)
             finally:
                 aiohttp.TCPConnector = real  # type: ignore[misc]
+                aiohttp.ClientSession = real_session  # type: ignore[misc]
 
         @staticmethod
         def _request_headers(request: Request) -> Headers:
@@ -585,6 +596,8 @@ def check_upstream(optional: bool = True) -> list[str]:
         import importlib
 
         handler = importlib.import_module(_AIOHTTP_MODULE).AiohttpDownloadHandler
+        if "aiohttp.ClientSession(" not in inspect.getsource(handler.__init__):
+            problems.append("AiohttpDownloadHandler.__init__ no longer builds aiohttp.ClientSession: long headers are refused")
         if "aiohttp.TCPConnector(" not in inspect.getsource(handler.__init__):
             problems.append("AiohttpDownloadHandler.__init__ no longer builds aiohttp.TCPConnector: the connection-time address check is off")
         if not isinstance(inspect.getattr_static(handler, "_request_headers"), staticmethod):

@@ -17,19 +17,19 @@ def iter_url_list(path: str | Path, fmt: str, url_col: str = "url", caption_col:
     """Yield ``(url, caption)`` rows of a txt/csv/tsv/parquet/jsonl list, one at a time."""
     path = Path(path)
     if fmt == "txt":
-        with open(path, encoding="utf-8", errors="replace") as fh:
+        with open(path, encoding="utf-8-sig", errors="replace") as fh:
             for line in fh:
                 line = line.strip()
                 if line and not line.startswith("#"):
                     yield line, None
     elif fmt in ("csv", "tsv"):
-        with open(path, encoding="utf-8", errors="replace", newline="") as fh:
+        with open(path, encoding="utf-8-sig", errors="replace", newline="") as fh:
             reader = csv.DictReader(fh, delimiter="\t" if fmt == "tsv" else ",")
             _check_columns(path, reader.fieldnames or [], url_col, caption_col)
             for row in reader:
                 yield (row.get(url_col) or "").strip(), _cap(row.get(caption_col) if caption_col else None)
     elif fmt == "jsonl":
-        with open(path, encoding="utf-8", errors="replace") as fh:
+        with open(path, encoding="utf-8-sig", errors="replace") as fh:
             for n, line in enumerate(fh, 1):
                 if not line.strip():
                     continue

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
 import logging
@@ -321,6 +322,9 @@ def test_private_redirect_target_refused(tmp_path, site, other_site):
     assert rows[site.url("/fine.jpg")]["status"] == "ok"
     jumped = rows[site.url("/jump.jpg")]
     assert jumped["status"] == "private_address" and "127.0.0.2" in jumped["error"]
+    # the row names the refused target, and says the listed URL itself was requested
+    assert jumped["final_url"] == other_site.url("/secret.jpg")
+    assert jumped["error"].startswith(f"redirected to {other_site.url('/secret.jpg')}: ")
     assert site.requested("/jump.jpg") == 1 and other_site.log == [], "the private redirect target was contacted"
     stats = json.loads((tmp_path / "crawl" / "stats.json").read_text())
     assert stats["events"]["private_address_refused"] == 1, "Scrapy-side counters reach stats.json"
@@ -457,6 +461,38 @@ def _write_list(path: Path, fmt: str, urls: list[str], caps: list[str]) -> None:
         pq.write_table(pa.table({"url": urls, "text": caps}), path)
 
 
+def test_a_seed_is_a_page_whatever_its_path_ends_with(tmp_path, site):
+    """MediaWiki's description pages are named like their file (/wiki/File:Sunset.jpg): as a
+    seed it is fetched as the page it is; as a link it is taken for an image file, not followed."""
+    site.add("/wiki/File:Sunset.jpg", page('<img src="/upload/sunset.jpg" alt="Sunset over the sea">'
+                                           '<a href="/wiki/File:Other.jpg">other</a>'))
+    site.add("/upload/sunset.jpg", jpeg(pattern=3), content_type=IMG)
+    site.add("/wiki/File:Other.jpg", page('<img src="/upload/other.jpg" alt="x">'))
+    run_cli("crawl", site.url("/wiki/File:Sunset.jpg"), "--work", str(tmp_path), "--allow-private-addresses", check=True)
+    rows = by_url(crawl_rows(tmp_path))
+    assert list(rows) == [site.url("/upload/sunset.jpg")] and rows[site.url("/upload/sunset.jpg")]["status"] == "ok"
+    assert site.requested("/wiki/File:Other.jpg") == 0
+
+
+@pytest.mark.parametrize("fmt", ["txt", "csv", "jsonl", "seeds"])
+def test_lists_saved_with_a_byte_order_mark_are_read(tmp_path, site, fmt):
+    """Notepad and Excel's "CSV UTF-8" start a file with a BOM: it is no part of the first URL
+    (or of the first column's name)."""
+    urls = [site.add(f"/img/{i}.jpg", jpeg(pattern=i + 1), content_type=IMG) for i in range(2)]
+    lst = tmp_path / f"urls.{'txt' if fmt == 'seeds' else fmt}"
+    if fmt == "seeds":
+        site.add("/", page("".join(f'<img src="/img/{i}.jpg" alt="image {i}">' for i in range(2))))
+        lst.write_text("\ufeff" + site.url("/") + "\n", encoding="utf-8")
+        args = ["crawl", str(lst)]
+    else:
+        _write_list(lst, fmt, urls, ["one", "two"])
+        lst.write_text("\ufeff" + lst.read_text().removeprefix("# images\n"), encoding="utf-8")
+        args = ["download", str(lst), *([] if fmt == "txt" else ["--caption-col", "text"])]
+    run_cli(*args, "--work", str(tmp_path / "w"), "--allow-private-addresses", check=True)
+    rows = by_url(crawl_rows(tmp_path / "w"))
+    assert sorted(rows) == sorted(urls) and {r["status"] for r in rows.values()} == {"ok"}
+
+
 @pytest.mark.parametrize("fmt", ["txt", "csv", "tsv", "parquet", "jsonl"])
 def test_download_url_lists(tmp_path, site, fmt):
     site.add("/robots.txt", "User-agent: *\nDisallow: /no/\n", content_type="text/plain")
@@ -491,6 +527,18 @@ def test_both_http_clients_give_the_same_records(tmp_path, site):
     urls += [site.url(p) for p in ("/moved.jpg", "/huge.jpg", "/page.jpg", "/boom.jpg", "/no/x.jpg", "/img/missing.jpg")]
     urls.append("http://127.0.0.1:1/refused.jpg")  # nothing listens on port 1
     urls.append(site.url("/tofile.jpg"))
+    # The web as it is: a stock nginx's 11 KB Content-Security-Policy, a 12 KB cookie and 150
+    # headers (over aiohttp's own limits); a script's image sent as text/html; a small gzip
+    # body that inflates past --max-image-bytes.
+    big = {"Content-Security-Policy": "default-src 'self' " + "a" * 11000, "Set-Cookie": "big=" + "x" * 12000,
+           **{f"X-Header-{i}": "v" for i in range(150)}}
+    urls.append(site.add("/big-headers.jpg", jpeg(pattern=4), content_type=IMG, headers=big))
+    urls.append(site.add("/script.php", jpeg(pattern=5), content_type="text/html"))
+    urls.append(site.add("/inflates.jpg", gzip.compress(b"\0" * 100_000), content_type=IMG,
+                         headers={"Content-Encoding": "gzip"}))
+    # redirects to what no request can be made of: the target is at fault (bad_url)
+    urls.append(site.add("/tojs.jpg", redirect_to="javascript:void(0)"))
+    urls.append(site.add("/tobadport.jpg", redirect_to="http://127.0.0.1:99999/x.jpg"))
     lst = tmp_path / "urls.txt"
     lst.write_text("\n".join(urls) + "\n")
     got = {}
@@ -501,9 +549,12 @@ def test_both_http_clients_give_the_same_records(tmp_path, site):
     assert got["aiohttp"] == got["twisted"]
     statuses = [got["aiohttp"][u][0] for u in urls]
     assert statuses == ["ok"] * 4 + ["too_large", "not_an_image", "http_500", "robots", "http_404", "connection_error",
-                                     "bad_url"]
+                                     "bad_url", "ok", "ok", "too_large", "bad_url", "bad_url"]
     assert site.requested("/no/x.jpg") == 0
-    assert "to a file: URL" in by_url(crawl_rows(tmp_path / "aiohttp"))[urls[-1]]["error"]
+    assert "to a file: URL" in by_url(crawl_rows(tmp_path / "aiohttp"))[site.url("/tofile.jpg")]["error"]
+    for client in got:  # error texts say what happened, without objects' addresses
+        errors = [r["error"] for r in crawl_rows(tmp_path / client) if r["error"]]
+        assert errors and not [e for e in errors if " at 0x" in e or e.endswith(": ")], errors
 
 
 @pytest.mark.parametrize("args,needle", [

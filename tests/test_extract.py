@@ -15,7 +15,7 @@ from crawler.imageproc import ImageOptions, process_image
 from crawler.licenses import normalise, spdx_from_url
 from crawler.middlewares import parse_retry_after
 
-from .conftest import jpeg
+from .conftest import crawl_rows, jpeg, run_cli
 
 XMP = (b'<?xpacket begin="" id="W5M0MpCehiHzreSzNTczkc9d"?><x:xmpmeta xmlns:x="adobe:ns:meta/">'
        b'<rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#"><rdf:Description '
@@ -335,6 +335,29 @@ def test_page_urls_are_percent_encoded_and_unparsable_ones_kept_for_their_row():
     assert info.links == ["http://example.com/dir/p%20q.html", "http://h:99999/x.html"]
 
 
+def test_page_urls_as_a_browser_writes_them():
+    """The query in the page's own encoding (the path in UTF-8; a character the encoding lacks
+    as an encoded &#N;), backslashes before the query as slashes, percent escapes in upper case."""
+    html = ('<img src="/sj/\u753b\u50cf.jpg?\u540d=\u5024" alt="1"><img src="a.jpg?q=\U0001f600" alt="2">'
+            '<img src="\\back\\slash.jpg?x=\\y" alt="3"><img src="/pct-%c3%a9.jpg" alt="4">')
+    urls = [i.url for i in extract_page(html, "http://h/p/", encoding="shift_jis").images]
+    assert urls == ["http://h/sj/%E7%94%BB%E5%83%8F.jpg?%96%BC=%92l", "http://h/p/a.jpg?q=%26%23128512%3B",
+                    "http://h/back/slash.jpg?x=%5Cy", "http://h/pct-%C3%A9.jpg"]
+    # UTF-8 and UTF-16 pages (WHATWG: UTF-16's URLs are UTF-8) write the query in UTF-8
+    for encoding in ("utf-8", "utf-16-le"):
+        assert extract_page(html, "http://h/p/", encoding=encoding).images[0].url == \
+            "http://h/sj/%E7%94%BB%E5%83%8F.jpg?%E5%90%8D=%E5%80%A4"
+
+
+def test_a_shift_jis_pages_image_is_requested_as_a_browser_would(tmp_path, site):
+    site.add("/", '<html><head><meta charset="shift_jis"></head><body><img src="/sj/\u753b\u50cf.jpg?\u540d=\u5024" '
+             'alt="\u5915\u713c\u3051"></body></html>'.encode("shift_jis"), content_type="text/html")
+    site.add("/sj/%E7%94%BB%E5%83%8F.jpg?%96%BC=%92l", jpeg(), content_type="image/jpeg")
+    run_cli("crawl", site.url("/"), "--work", str(tmp_path), "--allow-private-addresses", check=True)
+    [row] = crawl_rows(tmp_path)
+    assert (row["url"], row["status"], row["alt"]) == (site.url("/sj/%E7%94%BB%E5%83%8F.jpg?%96%BC=%92l"), "ok", "\u5915\u713c\u3051")
+
+
 def test_captions_lose_control_and_invisible_characters(tmp_path):
     """NUL, terminal escapes, a BOM, zero-width spaces and bidi overrides never reach a caption,
     from a page or from a URL list; zero-width joiners (emoji, Indic scripts) stay."""
@@ -360,4 +383,4 @@ def test_dot_segments_go_as_a_browser_drops_them():
     encoded = extract_page('<img src="/a/%2e%2e/e.jpg"><img src="/a/.%2E/f.jpg"><img src="/a/%2e/g.jpg"><img src="/a/x%2e/h.jpg">',
                            "http://example.com/dir/page.html")
     assert [i.url for i in encoded.images] == [  # %2e is a dot in a dot segment, and only there
-        "http://example.com/e.jpg", "http://example.com/f.jpg", "http://example.com/a/g.jpg", "http://example.com/a/x%2e/h.jpg"]
+        "http://example.com/e.jpg", "http://example.com/f.jpg", "http://example.com/a/g.jpg", "http://example.com/a/x%2E/h.jpg"]

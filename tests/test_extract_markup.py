@@ -613,13 +613,15 @@ def test_images_outside_img_tags_are_collected_and_template_ones_are_not():
             '<object data="/render?id=3" type="image/png"></object><embed src="/e.webp"><embed src="/movie.swf">'
             '<div style="color: red; background-image: url(\'/bg.jpg\')">Hero</div>'
             '<div style="background:#fff url(/bg2.png) no-repeat"></div>'
+            '<div style="background-image: url(/layer1.png), linear-gradient(red, blue), url(\'/layer2.png\')"></div>'
             '<div style="background: url(data:image/png;base64,AAA)"></div>'
             '<div style="background-image:url(/a.jpg)"></div><img src="/a.jpg" alt="A">'
             '<div style="background-image:url(/a.jpg)"></div>'
             '<nav><span style="background-image:url(/logo.png)"></span></nav>')
     info = extract_page(f"<html><body>{body}</body></html>", PAGE)
     names = [r.url.rsplit("/", 1)[-1] for r in info.images]
-    assert names == ["s1.png", "s2.png", "o.jpg", "render?id=3", "e.webp", "bg.jpg", "bg2.png", "a.jpg", "logo.png"]
+    assert names == ["s1.png", "s2.png", "o.jpg", "render?id=3", "e.webp", "bg.jpg", "bg2.png", "layer1.png", "layer2.png",
+                     "a.jpg", "logo.png"]
     by_name = dict(zip(names, info.images))
     assert all(by_name[n].alt is None for n in names if n != "a.jpg") and by_name["a.jpg"].alt == "A"
     assert by_name["s1.png"].context == "Dunes at dusk"

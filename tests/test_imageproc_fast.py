@@ -259,7 +259,9 @@ def test_statuses_stay_the_same(engine):
     assert bomb.status == "decompression_bomb" and bomb.error == "307200 pixels is over 1000 pixels"
     assert process_image(jpeg(photo(40, 30)), ImageOptions(min_image_size=50)).status == "too_small"
     assert process_image(b"<html>nope</html>", ImageOptions()).status == "not_an_image"
-    assert process_image(data, ImageOptions(), "text/html").status == "not_an_image"
+    # sent as text/html: an error page is no image; an image's bytes are read (browsers sniff too)
+    assert process_image(b"<!doctype html><p>Not found", ImageOptions(), "text/html").status == "not_an_image"
+    assert process_image(data, ImageOptions(), "text/html; charset=utf-8").status == "ok"
 
 
 @pytest.mark.parametrize("engine", ENGINES, indirect=True)

@@ -194,7 +194,7 @@ class ClusterImagesSpider(ImagesSpider):
                 entry = PageEntry(url, depth, PageStatus.OFFSITE.value, [], [])  # redirected out of scope
             else:
                 response = with_undeclared_encoding(response)
-                info = extract_page(response.selector, response.url, self.agent_token)
+                info = extract_page(response.selector, response.url, self.agent_token, response.encoding)
                 # as the embedded spider: the page's own opt-outs (headers, meta) cover its images
                 opt_out = response_opt_out(response, self.agent_token, response.selector)
                 images = []

@@ -292,8 +292,8 @@ class ImagesSpider(scrapy.Spider):
         if check_url(url) is not None:
             self.page_decisions[PageStatus.BAD_URL.value].add(url)
             return False
-        if _IMAGE_LINK.search(urlsplit(url).path):
-            return False  # a link to an image file, not a page
+        if depth > 0 and _IMAGE_LINK.search(urlsplit(url).path):
+            return False  # a link to an image file, not a page (a seed is a page: MediaWiki's File:X.jpg)
         if depth > 0 and not _host_in(urlsplit(url).hostname or "", self.scope):
             self.page_decisions[PageStatus.OFFSITE.value].add(url)
             return False
@@ -363,7 +363,7 @@ class ImagesSpider(scrapy.Spider):
             return
         try:
             response = with_undeclared_encoding(response)
-            info = extract_page(response.selector, response.url, self.agent_token)
+            info = extract_page(response.selector, response.url, self.agent_token, response.encoding)
             # Opt-outs the page declares (headers, meta tags) cover the images found on it: their
             # rows would carry the page's text. Its links are still followed.
             opt_out = response_opt_out(response, self.agent_token, response.selector)
@@ -437,6 +437,11 @@ class ImagesSpider(scrapy.Spider):
         status, error = found
         if isinstance(failure.value, HttpError):
             item["final_url"] = failure.value.response.url
+        elif failure.request.url != item["url"]:
+            # It failed (or was refused: robots.txt, an opt-out, a private address) at the end
+            # of a redirect: the row names where, and says that the URL itself was requested.
+            item["final_url"] = failure.request.url
+            error = f"redirected to {failure.request.url}: {error}"[:500]
         evidence: OptOut | None = getattr(failure.value, "evidence", None)  # robots.txt and opt-out refusals
         yield {**item, "status": status, "error": error, **(evidence.row_fields() if evidence else {})}
 
