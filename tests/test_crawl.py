@@ -392,19 +392,26 @@ def test_kill_9_leaves_no_worker_behind(tmp_path, site):
     assert not alive, f"left behind after kill -9: {alive} of {helpers}"
 
 
+def _kill_after_parts(crawl_dir: Path, args: list[str], parts: int, ctrl_c_first: bool = False) -> None:
+    """Run capcrawl ``args`` and kill it (-9; after a Ctrl-C and 0.3 s with ``ctrl_c_first``)
+    once ``crawl_dir`` holds ``parts`` parts."""
+    proc = subprocess.Popen([sys.executable, "-m", "capcrawl", "-q", *args], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while len(list_parts(crawl_dir)) < parts and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if ctrl_c_first:
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.3)
+    proc.kill()
+    proc.wait(timeout=30)
+
+
 def test_interrupt_then_kill_then_resume_records_each_image_once(tmp_path, site):
     expected = _resume_site(site)
     args = ["crawl", site.url("/p/0.html"), "--work", str(tmp_path), "--allow-private-addresses", "--max-depth", "100",
             "--concurrency", "2", "--per-host-concurrency", "2", "--part-rows", "5", "--no-autothrottle"]
-    proc = subprocess.Popen([sys.executable, "-m", "capcrawl", "-q", *args], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 60
-    while len(list_parts(tmp_path / "crawl")) < 3 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
-    time.sleep(0.3)
-    proc.kill()
-    proc.wait(timeout=30)
+    _kill_after_parts(tmp_path / "crawl", args, 3, ctrl_c_first=True)
     first = crawl_rows(tmp_path)
     assert 0 < len(first) < len(expected), "the interruption came too late to test anything"
     run_cli(*args, check=True)
@@ -428,13 +435,7 @@ def test_a_list_killed_then_resumed_counts_only_its_real_repeats(tmp_path, site)
     (tmp_path / "list.txt").write_text("\n".join(urls + urls[:10]) + "\n")  # 10 real repeats, at the end
     args = ["download", str(tmp_path / "list.txt"), "--work", str(tmp_path), "--allow-private-addresses",
             "--concurrency", "2", "--per-host-concurrency", "2", "--part-rows", "5", "--no-autothrottle"]
-    proc = subprocess.Popen([sys.executable, "-m", "capcrawl", "-q", *args], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 60
-    while len(list_parts(tmp_path / "crawl")) < 3 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    proc.kill()
-    proc.wait(timeout=30)
+    _kill_after_parts(tmp_path / "crawl", args, 3)
     first = crawl_rows(tmp_path)
     assert 0 < len(first) < 60, "the kill came too late to test anything"
     run_cli(*args, check=True)
@@ -667,17 +668,27 @@ def test_progress_line_on_a_terminal(tmp_path, site):
     assert b"images ok 1 | failed 1 (http_404 1)" in screen, screen
 
 
+def _ctrl_c_once_requested(site, path: str, args: list[str], presses: int = 1) -> tuple[subprocess.Popen, str]:
+    """Run capcrawl ``args``; once ``path`` was requested, press Ctrl-C ``presses`` times (0.3 s
+    apart); return the finished process and its stderr."""
+    proc = subprocess.Popen([sys.executable, "-m", "capcrawl", "-q", *args], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while site.requested(path) == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for press in range(presses):
+        if press:
+            time.sleep(0.3)
+        proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    return proc, err
+
+
 def test_ctrl_c_stops_gracefully_and_says_how_to_resume(tmp_path, site):
     _one_page_of_images(site, 40, delay=0.5)
     args = ["crawl", site.url("/"), "--work", str(tmp_path), "--allow-private-addresses",
             "--concurrency", "4", "--per-host-concurrency", "4", "--no-autothrottle"]
-    proc = subprocess.Popen([sys.executable, "-m", "capcrawl", "-q", *args], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 30
-    while site.requested("/img/8.jpg") == 0 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=60)
+    proc, err = _ctrl_c_once_requested(site, "/img/8.jpg", args)
     assert proc.returncode == 130
     assert err.strip() == "capcrawl: interrupted; run the same command again to resume.", err
     stats = json.loads((tmp_path / "crawl" / "stats.json").read_text())
@@ -701,15 +712,7 @@ def test_a_second_ctrl_c_stops_at_once_and_records_nothing_unfinished(tmp_path, 
         ["run", site.url("/"), "--no-filter", "--out", str(out)]
     args = [*first, "--work", str(tmp_path / "w"), "--allow-private-addresses",
             "--concurrency", "4", "--per-host-concurrency", "4", "--no-autothrottle"]
-    proc = subprocess.Popen([sys.executable, "-m", "capcrawl", "-q", *args], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 60
-    while site.requested("/img/8.jpg") == 0 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
-    time.sleep(0.3)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
+    proc, err = _ctrl_c_once_requested(site, "/img/8.jpg", args, presses=2)
     assert proc.returncode == 130, err
     assert err.strip() == "capcrawl: interrupted; run the same command again to resume.", err
     stats = json.loads((tmp_path / "w" / "crawl" / "stats.json").read_text())

@@ -302,7 +302,8 @@ def test_exception_mid_shard_leaves_no_final_tar(tmp_path, monkeypatch):
     assert not [n for n in names if n.endswith(".tmp")]
 
 
-_SLOW_RUN = """
+#: Each tar member written 20 ms late, so that a signal finds the writer mid-run.
+_SLOW_WRITER = """
 import sys, time
 import shards.writer as writer
 real = writer.add_member
@@ -310,6 +311,8 @@ def slow(tar, name, data):
     time.sleep(0.02)
     return real(tar, name, data)
 writer.add_member = slow
+"""
+_SLOW_RUN = _SLOW_WRITER + """
 from shards.config import ShardsConfig
 from shards.stage import run_shards
 run_shards(ShardsConfig(work=sys.argv[1], out=sys.argv[2], samples_per_shard=10))
@@ -344,14 +347,7 @@ def test_sigkill_during_writing_leaves_only_complete_tars(tmp_path):
     assert again["totals"] == manifest["totals"] and again["runs"][-1]["stages"]["shards"]["written"] == 0
 
 
-_SLOW_CLI = """
-import sys, time
-import shards.writer as writer
-real = writer.add_member
-def slow(tar, name, data):
-    time.sleep(0.02)
-    return real(tar, name, data)
-writer.add_member = slow
+_SLOW_CLI = _SLOW_WRITER + """
 from capcrawl.cli import run
 sys.argv = ["capcrawl", "-q", "shards", "--work", sys.argv[1], "--out", sys.argv[2], "--samples-per-shard", "10"]
 run()
