@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Callable, NoReturn, Sequence
 
-from common.errors import ConfigError, raise_terminated
+from common.errors import INTERRUPTS, ConfigError
 from common.options import add_options, from_namespace
 from crawler.config import CLUSTER, CRAWL_ONLY, LIST_ONLY, CrawlConfig
 from crawler.frontier import EXIT_FRONTIER_LOST, FrontierError
@@ -252,8 +252,15 @@ def run() -> None:
     """
     # SIGTERM (a scheduler, `kill`) stops a command as Ctrl-C does: temporary files removed, exit
     # 130 (the crawl installs Scrapy's own handlers for both while it runs).
-    signal.signal(signal.SIGTERM, raise_terminated)
+    INTERRUPTS.install()
     code = main()
+    for sig in (signal.SIGINT, signal.SIGTERM):  # the work is done or stopped: exit as it is
+        signal.signal(sig, signal.SIG_IGN)
+    if INTERRUPTS.count and code == 0:
+        # The interrupt reached a callback that swallows exceptions (Python prints "Exception
+        # ignored"): what ran may have missed a step; a rerun finishes it.
+        print("capcrawl: interrupted; run the same command again to resume.", file=sys.stderr)
+        code = 130
     gc.collect()
     gc.freeze()
     sys.exit(code)

@@ -122,19 +122,24 @@ LOCK_FILE = ".capcrawl.lock"
 
 
 @contextmanager
-def locked_dir(directory: str | Path, label: str, shared: bool = False, name: str = LOCK_FILE) -> Iterator[None]:
+def locked_dir(directory: str | Path, label: str, shared: bool = False, name: str = LOCK_FILE,
+               probe: bool = False) -> Iterator[None]:
     """Hold a lock on ``directory`` (``label`` names it in errors) while a command writes it;
     fail at once, with a ConfigError, if another command holds it.
 
     ``shared``: writers that share the directory by design (crawl workers of one frontier,
     each writing parts of its own) take it together, and exclude every exclusive writer.
-    The lock goes with the process, however it ends (kill -9 included).
+    The lock goes with the process, however it ends (kill -9 included). ``probe``: check
+    only, creating nothing (a missing lock file is nobody's lock).
     """
     import fcntl
 
     from .errors import ConfigError
 
     d = Path(directory)
+    if probe and not (d / name).is_file():
+        yield
+        return
     try:
         d.mkdir(parents=True, exist_ok=True)
         fh = open(d / name, "a+")

@@ -9,6 +9,7 @@ import logging
 import os
 from concurrent.futures.process import BrokenProcessPool
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
@@ -255,13 +256,25 @@ class PoolBatcher:
             for fut in futures:
                 fut.set_exception(e)
             return futures
-        done.add_done_callback(lambda f: loop.call_soon_threadsafe(_resolve, batch, f))
+        done.add_done_callback(partial(_resolve_on, loop, batch))
         return futures
 
     def close(self) -> None:
         self.executor.shutdown(wait=True, cancel_futures=True)
         if self._quarantine is not None:
             self._quarantine.shutdown(wait=True, cancel_futures=True)
+
+
+def _resolve_on(loop: asyncio.AbstractEventLoop, batch: list[tuple[bytes, str | None, asyncio.Future]],
+                done: cf.Future) -> None:
+    """Hand a finished batch to the event loop (from the pool's thread), unless a stop at once
+    closed the loop already: nobody waits for those results any more."""
+    if loop.is_closed():
+        return
+    try:
+        loop.call_soon_threadsafe(_resolve, batch, done)
+    except RuntimeError:  # closed between the check and the call
+        pass
 
 
 def _resolve(batch: list[tuple[bytes, str | None, asyncio.Future]], done: cf.Future) -> None:

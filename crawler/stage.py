@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import signal
 import threading
 from typing import Any
 
-from common.errors import ConfigError
+from common.errors import INTERRUPTS, ConfigError
 from common.fileio import locked_dir
 
 from .config import CrawlConfig
@@ -127,6 +128,23 @@ def _crawl_process() -> type:
     from scrapy.crawler import AsyncCrawlerProcess
 
     class CrawlProcess(AsyncCrawlerProcess):
+        def _signal_shutdown_reactorless(self, signum: int, frame: Any) -> None:
+            INTERRUPTS.note()  # the command's handler, given back after the crawl, counts it
+            super()._signal_shutdown_reactorless(signum, frame)
+
+        def _signal_shutdown(self, signum: int, frame: Any) -> None:  # --http-client twisted
+            INTERRUPTS.note()
+            super()._signal_shutdown(signum, frame)
+
+        async def stop(self) -> None:
+            # Scrapy's stop, given while a crawler opens its spider (the first second: resume
+            # state, robots.txt), marks the crawler stopped without stopping its engine, which
+            # then runs to the end and, asking for a stop that is already done, never closes.
+            for crawler in list(self.crawlers):
+                while crawler in self.crawlers and crawler.crawling and not _engine_running(crawler):
+                    await asyncio.sleep(0.05)
+            await super().stop()
+
         def _signal_kill_reactorless(self, signum: int, frame: Any) -> None:
             if (loop := self._reactorless_loop) is not None:
                 loop.call_soon_threadsafe(self._stop_now)
@@ -149,6 +167,11 @@ def _crawl_process() -> type:
                     stop()
 
     return CrawlProcess
+
+
+def _engine_running(crawler: Any) -> bool:
+    engine = getattr(crawler, "_engine", None)
+    return engine is not None and engine.running
 
 
 def join_frontier(config: CrawlConfig) -> "Frontier":  # noqa: F821

@@ -609,11 +609,15 @@ def check_upstream(optional: bool = True) -> list[str]:
     from scrapy.crawler import AsyncCrawlerProcess
 
     # crawler.stage: a second Ctrl-C saves what is finished before Scrapy cancels the rest.
-    for name in ("_signal_kill_reactorless", "_signal_kill"):
+    for name in ("_signal_kill_reactorless", "_signal_kill", "_signal_shutdown_reactorless", "_signal_shutdown"):
         if len(_params(getattr(AsyncCrawlerProcess, name, lambda: None))) != 3:
-            problems.append(f"AsyncCrawlerProcess.{name}(signum, frame) is gone: a second Ctrl-C may record cancelled downloads")
+            problems.append(f"AsyncCrawlerProcess.{name}(signum, frame) is gone: Ctrl-C may not stop the crawl cleanly")
     if "_reactorless_loop" not in inspect.getsource(AsyncCrawlerProcess):
         problems.append("AsyncCrawlerProcess no longer keeps _reactorless_loop")
+    from scrapy.crawler import Crawler
+
+    if "self._engine" not in inspect.getsource(Crawler):
+        problems.append("Crawler no longer keeps _engine: a Ctrl-C in the crawl's first second may not stop it")
     import concurrent.futures as cf
 
     init_src = inspect.getsource(cf.ProcessPoolExecutor)

@@ -20,7 +20,8 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any, Callable, ContextManager, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -679,6 +680,8 @@ def run_filter(config: FilterConfig, progress: ProgressHook | None = None) -> di
     """The filter stage's one entry point: load the model, score unfinished parts, return the stats."""
     config.check_inputs()
     check_scoring_options(config)
+    with locked_share(config, probe=True):
+        pass  # refused at once, not after the model has loaded
     stage = FilterStage(config)  # the model loads before anything is written
     try:
         with locked_share(config):
@@ -687,7 +690,21 @@ def run_filter(config: FilterConfig, progress: ProgressHook | None = None) -> di
         stage.close()
 
 
-def locked_share(config: FilterConfig) -> ContextManager[None]:
+#: Held by every filter of WORK: shared by machines scoring shares (--num-shards N), exclusive
+#: for a filter of all the parts.
+FILTER_LOCK = ".capcrawl-filter.lock"
+
+
+@contextmanager
+def locked_share(config: FilterConfig, probe: bool = False) -> Iterator[None]:
     """One filter command at a time scores this machine's share of the parts (machines with
-    other ``--shard-index`` values share WORK/scored)."""
-    return locked_dir(config.scored_dir, "WORK", name=f".capcrawl-filter-{config.shard_index}-of-{config.num_shards}.lock")
+    other ``--shard-index`` values share WORK/scored; a filter of every part shares it with
+    none). ``probe``: only fail now if another holds it, creating nothing (before the model
+    loads: its start takes seconds)."""
+    whole = config.num_shards == 1
+    with ExitStack() as stack:
+        stack.enter_context(locked_dir(config.scored_dir, "WORK", shared=not whole, name=FILTER_LOCK, probe=probe))
+        if not whole:
+            name = f".capcrawl-filter-{config.shard_index}-of-{config.num_shards}.lock"
+            stack.enter_context(locked_dir(config.scored_dir, "WORK", name=name, probe=probe))
+        yield

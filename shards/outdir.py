@@ -101,7 +101,7 @@ def clean_incomplete(out: Path) -> list[Path]:
     """Delete temporary files and the siblings of shards whose tar never got its final name."""
     complete = set(list_shards(out))
     removed = []
-    for directory in (out, out / INDEX_DIR):
+    for directory in (out, out / INDEX_DIR, out / DEDUP_LOG_DIR):
         if not directory.is_dir():
             continue
         for p in directory.iterdir():

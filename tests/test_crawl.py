@@ -698,6 +698,37 @@ def test_ctrl_c_stops_gracefully_and_says_how_to_resume(tmp_path, site):
     assert len(by_url(crawl_rows(tmp_path))) == 40
 
 
+_CTRL_C_WHILE_OPENING = """
+import os, signal, sys
+from scrapy import signals
+import crawler.spiders.images as images
+if __name__ == "__main__":
+    opened = images.ImagesSpider.from_crawler.__func__
+    def from_crawler(cls, crawler, *args, **kwargs):
+        spider = opened(cls, crawler, *args, **kwargs)
+        ctrl_c = lambda: os.kill(os.getpid(), signal.SIGINT)  # before the engine runs
+        crawler.signals.connect(ctrl_c, signal=signals.spider_opened, weak=False)
+        return spider
+    images.ImagesSpider.from_crawler = classmethod(from_crawler)
+    from capcrawl.cli import run
+    sys.argv = ["capcrawl", "-q", "download", sys.argv[1], "--work", sys.argv[2], "--allow-private-addresses"]
+    run()
+"""
+
+
+def test_ctrl_c_while_the_spider_opens_stops_the_crawl(tmp_path, site):
+    """A Ctrl-C in the crawl's first second, before Scrapy's engine runs: Scrapy marked the
+    crawler stopped without stopping the engine, which downloaded everything and then hung."""
+    urls = [site.add(f"/img/{i}.jpg", jpeg(pattern=i + 1), content_type=IMG, delay=0.2) for i in range(30)]
+    (tmp_path / "list.txt").write_text("\n".join(urls) + "\n")
+    (tmp_path / "script.py").write_text(_CTRL_C_WHILE_OPENING)
+    proc = subprocess.run([sys.executable, str(tmp_path / "script.py"), str(tmp_path / "list.txt"), str(tmp_path / "w")],
+                          cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=90)
+    assert proc.returncode == 130, proc.stderr[-2000:]
+    stats = json.loads((tmp_path / "w" / "crawl" / "stats.json").read_text())
+    assert stats["finish_reason"] == "shutdown" and stats["images_total"] + stats["pending"] == 30
+
+
 @pytest.mark.parametrize("command", ["download", "run"])
 def test_a_second_ctrl_c_stops_at_once_and_records_nothing_unfinished(tmp_path, site, command):
     """Ctrl-C twice: Scrapy cancels the downloads under way. They must not be recorded (as

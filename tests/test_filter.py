@@ -534,14 +534,21 @@ def test_tensor_decoding_matches_the_pil_path(tiny, tmp_path):
 
 def test_a_second_filter_on_the_same_share_is_refused(tiny, tmp_path):
     """Two filters scoring one share of WORK at once would write the same scored parts: the
-    second is refused at once; another machine's share (--shard-index) is not held up."""
+    second is refused at once (before its model loads); a filter of every part is refused
+    while a share is scored; another machine's share (--shard-index) is not held up."""
     from filter.stage import locked_share
 
     write_part(tmp_path, 0, _demo_rows())
     write_part(tmp_path, 1, _demo_rows())
-    with locked_share(filter_config(tmp_path, *tiny_args(tiny))):
-        with pytest.raises(ConfigError, match=r"^Another capcrawl command is writing .*scored; wait for it to finish\.$"):
+    share = ("--num-shards", "2", "--shard-index")
+    refused = r"^Another capcrawl command is writing .*scored; wait for it to finish\.$"
+    with locked_share(filter_config(tmp_path, *tiny_args(tiny, *share, "0"))):
+        no_model = tiny_args(tiny, *share, "0")
+        no_model[no_model.index("--pretrained") + 1] = str(tmp_path / "missing.pt")  # would fail if it loaded
+        with pytest.raises(ConfigError, match=refused):
+            run_filter(filter_config(tmp_path, *no_model))
+        with pytest.raises(ConfigError, match=refused):
             run_filter(filter_config(tmp_path, *tiny_args(tiny)))
         assert not list((tmp_path / SCORED_DIR).glob("part-*"))
-        stats = run_filter(filter_config(tmp_path, *tiny_args(tiny, "--num-shards", "2", "--shard-index", "1")))
+        stats = run_filter(filter_config(tmp_path, *tiny_args(tiny, *share, "1")))
         assert stats["this_run"]["parts_scored"] == 1

@@ -336,10 +336,13 @@ def test_sigkill_during_writing_leaves_only_complete_tars(tmp_path):
             assert len(tf.getnames()) == 30  # 10 complete samples x 3 files
         assert (out / f"{tar.stem}.parquet").is_file()
     published = 10 * len(present)
+    # what a kill while the dedup log is written leaves (the kill above came at another moment)
+    (out / "dedup_log").mkdir(exist_ok=True)
+    (out / "dedup_log" / ".run-00000.parquet.k1ll3d.tmp").write_bytes(b"PAR1")
     # A rerun cleans the leftovers and finishes the job without duplicating anything, and the
     # counts describe the dataset: the killed run's samples are no duplicates of themselves.
     manifest = run(tmp_path / "work", out, samples_per_shard=10)
-    assert manifest["totals"]["samples"] == 60 and not list(out.glob(".*.tmp"))
+    assert manifest["totals"]["samples"] == 60 and not list(out.rglob(".*.tmp"))
     stage = manifest["runs"][-1]["stages"]["shards"]
     assert (stage["already_published"], stage["written"], stage["dropped"]) == (published, 60 - published, {})
     assert manifest["totals"]["dropped"] == {} and manifest["totals"]["written"] == 60
