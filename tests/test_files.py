@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import os
+import signal
 import stat
+import subprocess
+import sys
 
 import pytest
 
 from common.fileio import atomic_path, atomic_write_bytes, file_mode, final_name_of_temp, remove_stale_temps, temp_path
 
-from .conftest import jpeg, run_cli
+from .conftest import ROOT, jpeg, run_cli
 
 
 @pytest.fixture
@@ -57,3 +60,34 @@ def test_every_output_file_is_readable_as_the_umask_allows(tmp_path, site, tiny,
     wrong = {str(p.relative_to(tmp_path)): oct(stat.S_IMODE(p.stat().st_mode)) for p in files
              if stat.S_IMODE(p.stat().st_mode) != 0o640}
     assert wrong == {}
+
+
+_CLEANING_UP = """
+import os, signal, sys, time
+from common.errors import INTERRUPTS
+INTERRUPTS.install()
+first, *more = [getattr(signal, name) for name in sys.argv[1].split(",")]
+try:
+    os.kill(os.getpid(), first)  # the handler runs before os.kill returns to this line
+    print("not stopped", flush=True)
+except KeyboardInterrupt as e:
+    print(f"stopping {type(e).__name__}", flush=True)
+    for sig in more:  # signals during the clean-up: each handled before the next is sent
+        os.kill(os.getpid(), sig)
+    print("cleaned up", flush=True)
+    sys.exit(130)
+"""
+
+
+@pytest.mark.parametrize("signals, last", [
+    ("SIGINT,SIGINT", "cleaned up"),   # the second is ignored: the clean-up finishes
+    ("SIGTERM,SIGINT", "cleaned up"),
+    ("SIGINT,SIGINT,SIGINT", "stopping KeyboardInterrupt"),  # the third: out at once
+])
+def test_a_stopping_command_finishes_its_clean_up(signals, last):
+    proc = subprocess.run([sys.executable, "-c", _CLEANING_UP, signals], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 130, proc.stderr
+    lines = proc.stdout.split()
+    assert proc.stdout.splitlines()[-1] == last and "not" not in lines, proc.stdout
+    assert ("Terminated" if signals.startswith("SIGTERM") else "KeyboardInterrupt") in proc.stdout
