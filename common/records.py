@@ -45,8 +45,8 @@ class Status(ValueEnum):
     NOT_AN_IMAGE = "not_an_image"
     CORRUPT = "corrupt"
     TOO_SMALL = "too_small"
-    TOO_LARGE = "too_large"  # body over --max-image-bytes (cut while streaming)
-    DECOMPRESSION_BOMB = "decompression_bomb"  # more pixels than --max-pixels
+    TOO_LARGE = "too_large"  # body over --max-image-bytes (cut while streaming), or resized past what its format holds
+    DECOMPRESSION_BOMB = "decompression_bomb"  # more pixels than --max-pixels (as it is, or resized)
     BAD_URL = "bad_url"  # not an http(s) URL, or unparsable
     BLOCKED = "blocked"  # on the takedown blocklist
     DOWNLOAD_ERROR = "download_error"  # any other transport failure (see ``error``)

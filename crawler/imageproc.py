@@ -170,6 +170,25 @@ def _scale(img: Image.Image, opts: ImageOptions, target: tuple[int, int] | None 
     return img.resize((tw, th), flt, reducing_gap=3.0)
 
 
+#: The longest side each output format can hold (JPEG: 65,535 less libjpeg's margin; WebP: 2^14 - 1).
+FORMAT_MAX_SIDE = {"jpg": 65500, "webp": 16383, "png": 2**31 - 1}
+
+
+def _unfit_size(target: tuple[int, int], opts: ImageOptions) -> tuple[Status, str] | None:
+    """Why an image cannot be resized to ``target`` (a 64x20000 strip that keep_ratio makes
+    256x80000): more pixels than --max-pixels in the resized image, which the workers would
+    have to hold, or a final side longer than the output format holds. None when it fits."""
+    tw, th = target
+    if tw * th > opts.max_pixels:
+        return Status.DECOMPRESSION_BOMB, f"resized to {tw}x{th}: {tw * th} pixels is over {opts.max_pixels} pixels"
+    s = opts.image_size
+    fw, fh = {"center_crop": (min(s, tw), min(s, th)), "border": (max(s, tw), max(s, th))}.get(opts.resize_mode, target)
+    limit = FORMAT_MAX_SIDE.get(opts.image_format, FORMAT_MAX_SIDE["png"])
+    if max(fw, fh) > limit:
+        return Status.TOO_LARGE, f"resized to {fw}x{fh}: {opts.image_format} holds at most {limit} px a side"
+    return None
+
+
 def _frame(img: Image.Image, opts: ImageOptions) -> Image.Image:
     """Crop (center_crop) or pad (border) a scaled image to the final square."""
     s = opts.image_size
@@ -198,11 +217,14 @@ def _phash_source(decoded: Image.Image, scaled: Image.Image) -> Image.Image:
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
-    if img.mode == "RGB":
+    """RGB, transparent pixels on white (an alpha channel, or a palette's, grey's or RGB's
+    transparent colour: PNG's tRNS, GIF's)."""
+    keyed = "transparency" in img.info and img.mode in ("P", "L", "RGB")
+    if img.mode == "RGB" and not keyed:
         return img
     if img.mode.startswith("I") or img.mode == "F":  # 16-bit (or 32-bit) grey: convert() would clip at 255
         img = _grey_to_8_bits(img)
-    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+    if img.mode in ("RGBA", "LA", "PA") or keyed:
         rgba = img.convert("RGBA")
         bg = Image.new("RGB", rgba.size, (255, 255, 255))
         bg.paste(rgba, mask=rgba.getchannel("A"))
@@ -372,22 +394,31 @@ def process_image(data: bytes, opts: ImageOptions, content_type: str | None = No
         size = re.search(r"\((\d+) pixels\)", str(e))
         return _fail(res, Status.DECOMPRESSION_BOMB, f"{size.group(1) if size else 'more than twice'} pixels is over {opts.max_pixels} pixels")
     except UnidentifiedImageError:
+        if looks_like_image(data):
+            return _fail(res, Status.CORRUPT, "starts as an image file but cannot be read (damaged, or a kind "
+                                              "Pillow does not decode, such as a 12-bit JPEG)")
         return _fail(res, Status.NOT_AN_IMAGE, "not a decodable image format")
     except Exception as e:  # Pillow raises many types for broken headers
         return _fail(res, Status.CORRUPT, f"{type(e).__name__}: {e}")
     ow, oh = img.size
-    res.original_width, res.original_height = ow, oh
+    try:
+        turned = _orientation(img) >= 5
+    except (OSError, SyntaxError, ValueError):  # the EXIF is damaged: decided below, with the rest
+        turned = False
+    # the original's size as it is shown (turned a quarter by EXIF 5-8), like the sample's
+    res.original_width, res.original_height = (oh, ow) if turned else (ow, oh)
+    shown = f"{res.original_width}x{res.original_height}"
     if ow * oh > opts.max_pixels:
-        return _fail(res, Status.DECOMPRESSION_BOMB, f"{ow}x{oh} is over {opts.max_pixels} pixels")
+        return _fail(res, Status.DECOMPRESSION_BOMB, f"{shown} is over {opts.max_pixels} pixels")
     if min(ow, oh) < max(1, opts.min_image_size):
-        return _fail(res, Status.TOO_SMALL, f"{ow}x{oh} is under {opts.min_image_size} px")
+        return _fail(res, Status.TOO_SMALL, f"{shown} is under {opts.min_image_size} px")
     try:
         res.rights, res.rights_url = embedded_rights(img, data)
         target, k = _shrink_plan(img, opts)
-        if _orientation(img) >= 5:  # turned a quarter: the original's size as it is shown, like the sample's
-            res.original_width, res.original_height = oh, ow
     except (OSError, SyntaxError, ValueError) as e:
         return _fail(res, Status.CORRUPT, f"{type(e).__name__}: {e}")
+    if (unfit := _unfit_size(target, opts)) is not None:
+        return _fail(res, *unfit)
     if _fast_jpeg(data, img, opts, target, k, res):
         return res
     try:
@@ -533,5 +564,16 @@ def _encode(img: Image.Image, opts: ImageOptions) -> bytes:
 
 
 def process_batch(items: list[tuple[bytes, str | None]], opts: ImageOptions) -> list[ImageResult]:
-    """Process several images in one task (fewer round trips to the worker pool)."""
-    return [process_image(data, opts, ctype) for data, ctype in items]
+    """Process several images in one task (fewer round trips to the worker pool). An image
+    that fails in a way no check foresaw is ``corrupt`` with the error, alone: its batch-mates'
+    rows are kept."""
+    return [_process_or_report(data, opts, ctype) for data, ctype in items]
+
+
+def _process_or_report(data: bytes, opts: ImageOptions, content_type: str | None) -> ImageResult:
+    try:
+        return process_image(data, opts, content_type)
+    except Exception as e:  # an encoder's or decoder's failure that no check above foresaw
+        log.warning("image processing failed: %s: %s", type(e).__name__, e)
+        res = ImageResult(status=Status.OK.value, sha256=hashlib.sha256(data).hexdigest())
+        return _fail(res, Status.CORRUPT, f"{type(e).__name__}: {e}"[:500])

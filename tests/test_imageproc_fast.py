@@ -259,6 +259,8 @@ def test_statuses_stay_the_same(engine):
     assert bomb.status == "decompression_bomb" and bomb.error == "307200 pixels is over 1000 pixels"
     assert process_image(jpeg(photo(40, 30)), ImageOptions(min_image_size=50)).status == "too_small"
     assert process_image(b"<html>nope</html>", ImageOptions()).status == "not_an_image"
+    damaged = process_image(b"GIF89a" + b"x" * 50, ImageOptions())  # an image's signature, nothing readable after
+    assert damaged.status == "corrupt" and damaged.error.startswith("starts as an image file but cannot be read")
     # sent as text/html: an error page is no image; an image's bytes are read (browsers sniff too)
     assert process_image(b"<!doctype html><p>Not found", ImageOptions(), "text/html").status == "not_an_image"
     assert process_image(data, ImageOptions(), "text/html; charset=utf-8").status == "ok"
@@ -311,3 +313,61 @@ def test_image_workers_run_below_the_crawl_process():
     with ProcessPoolExecutor(1, mp_context=ctx, initializer=imageproc.init_worker, initargs=(os.getpid(),)) as pool:
         theirs = pool.submit(_own_niceness).result(timeout=60)
     assert theirs == min(19, mine + imageproc.WORKER_NICE)
+
+
+@pytest.mark.parametrize("engine", ENGINES, indirect=True)
+def test_images_no_output_can_hold_are_named_not_lost(engine):
+    """A 64x20000 strip that keep_ratio enlarges to 256x80000 is more than JPEG (65,500 px a
+    side) or WebP (16,383) can hold; a 64x300000 one enlarged by center_crop would make more
+    pixels than --max-pixels for the workers to hold. Each is a named status, found before any
+    work; a failure nobody foresaw costs its own row only, not its batch-mates'."""
+    strip = jpeg(photo(64, 20000))
+    res = process_image(strip, ImageOptions())
+    assert (res.status, res.error) == ("too_large", "resized to 256x80000: jpg holds at most 65500 px a side")
+    assert process_image(jpeg(photo(64, 4100)), ImageOptions(image_format="webp", resize_mode="no")).status == "ok"
+    res = process_image(jpeg(photo(64, 20000)), ImageOptions(image_format="webp", resize_mode="no"))
+    assert (res.status, res.error) == ("too_large", "resized to 64x20000: webp holds at most 16383 px a side")
+    res = process_image(strip, ImageOptions(resize_mode="center_crop", max_pixels=20_000_000))
+    assert (res.status, res.error) == ("decompression_bomb", "resized to 256x80000: 20480000 pixels is over 20000000 pixels")
+    assert process_image(strip, ImageOptions(resize_mode="border")).status == "ok"
+
+
+def test_an_unforeseen_failure_costs_one_row(monkeypatch):
+    real = imageproc._encode
+
+    def encode(out, opts):
+        if out.size == (256, 256):
+            raise OSError("broken data stream when writing image file")
+        return real(out, opts)
+
+    monkeypatch.setattr(imageproc, "_encode", encode)
+    fast = imageproc.use_fast_codecs(False)  # Pillow's path: the one that calls _encode for both
+    try:
+        results = imageproc.process_batch([(jpeg(photo(300, 300)), None), (jpeg(photo(400, 300)), None)], ImageOptions())
+    finally:
+        imageproc.use_fast_codecs(fast)
+    assert [(r.status, r.error) for r in results] == [
+        ("corrupt", "OSError: broken data stream when writing image file"), ("ok", None)]
+    assert results[0].sha256 and results[1].width == 341
+
+
+def test_a_transparent_colour_is_white():
+    """PNG's tRNS on an RGB or grey image (one colour is transparent), as on a palette's."""
+    for mode, key, colour in (("RGB", (220, 30, 30), (220, 30, 30)), ("L", 87, 87)):
+        img = Image.new(mode, (200, 150), colour)
+        ImageDraw.Draw(img).rectangle([50, 40, 150, 110], fill=(30, 200, 30) if mode == "RGB" else 200)
+        buf = io.BytesIO()
+        img.save(buf, "PNG", transparency=key)
+        res = process_image(buf.getvalue(), ImageOptions(image_format="png", resize_mode="no"))
+        out = Image.open(io.BytesIO(res.image)).convert("RGB")
+        assert out.getpixel((5, 5)) == (255, 255, 255), mode
+        assert out.getpixel((100, 75)) == ((30, 200, 30) if mode == "RGB" else (200, 200, 200)), mode
+
+
+def test_a_refused_images_original_size_is_upright():
+    """EXIF orientation 6 turns a stored 300x63 image into a 63x300 one: too small, and said so upright."""
+    img = photo(300, 63)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    res = process_image(jpeg(img, exif=exif.tobytes()), ImageOptions(min_image_size=64))
+    assert (res.status, res.original_width, res.original_height, res.error) == ("too_small", 63, 300, "63x300 is under 64 px")
