@@ -205,11 +205,15 @@ class PoolBatcher:
             self.executor = self._new_pool(self.workers)
 
     async def process(self, data: bytes, content_type: str | None) -> ImageResult:
-        """The result for one image, surviving a crashed worker."""
+        """The result for one image, surviving a crashed worker (or a batch that raised: each
+        of its images is tried again alone, so that only the one at fault is ``corrupt``)."""
         try:
             return await self.submit(data, content_type)
         except BrokenProcessPool:
             self._replace_broken_pool()
+        except Exception as e:  # the batch's task raised (process_batch catches per image; this is rarer)
+            log.warning("an image batch failed (%s: %s); its images are tried one by one", type(e).__name__, e)
+        error = "an image worker crashed on this image (out of memory?)"
         async with self._quarantine_lock:  # suspects one at a time, so a crash names its image
             if self._quarantine is None:
                 self._quarantine = self._new_pool(1)
@@ -219,11 +223,9 @@ class PoolBatcher:
             except BrokenProcessPool:
                 self._quarantine.shutdown(wait=False, cancel_futures=True)
                 self._quarantine = None
-        return ImageResult(
-            status=Status.CORRUPT.value,
-            error="an image worker crashed on this image (out of memory?)",
-            sha256=hashlib.sha256(data).hexdigest(),
-        )
+            except Exception as e:
+                error = f"image processing failed: {type(e).__name__}: {e}"[:500]
+        return ImageResult(status=Status.CORRUPT.value, error=error, sha256=hashlib.sha256(data).hexdigest())
 
     def submit(self, data: bytes, content_type: str | None) -> asyncio.Future:
         loop = asyncio.get_running_loop()

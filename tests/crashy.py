@@ -1,5 +1,5 @@
 """Worker functions for the pool tests: one kills its process on a marker (recovery from dead
-image workers), one reports the batches it was sent."""
+image workers), one raises on it, one reports the batches it was sent."""
 
 from __future__ import annotations
 
@@ -13,6 +13,12 @@ MARKER = b"KILL-THE-WORKER"
 def crash_on_marker(items: list[tuple[bytes, str | None]], opts: ImageOptions) -> list[ImageResult]:
     if any(data == MARKER for data, _ in items):
         os._exit(1)  # what the kernel's OOM killer does to a worker, as far as the pool can tell
+    return process_batch(items, opts)
+
+
+def raise_on_marker(items: list[tuple[bytes, str | None]], opts: ImageOptions) -> list[ImageResult]:
+    if any(data == MARKER for data, _ in items):
+        raise MemoryError("cannot allocate the resized image")  # the task fails, the worker lives
     return process_batch(items, opts)
 
 

@@ -178,15 +178,19 @@ def test_alpha_becomes_white_not_black():
     assert Image.open(io.BytesIO(r.image)).getpixel((25, 25))[0] > 240
 
 
-def test_a_dying_image_worker_costs_only_its_image():
+@pytest.mark.parametrize("failure", ["crash", "raise"])
+def test_a_dying_image_worker_costs_only_its_image(failure):
+    """A worker killed on an image (the OOM killer), or a batch whose task raised: its images
+    are tried again alone, and only the one at fault is corrupt, with why."""
     import asyncio
 
     from crawler.pipelines import PoolBatcher
 
-    from .crashy import MARKER, crash_on_marker
+    from .crashy import MARKER, crash_on_marker, raise_on_marker
 
     async def run() -> list:
-        batcher = PoolBatcher(1, ImageOptions(image_size=32), work=crash_on_marker)
+        work = crash_on_marker if failure == "crash" else raise_on_marker
+        batcher = PoolBatcher(1, ImageOptions(image_size=32), work=work)
         try:
             datas = [jpeg(pattern=i + 1) for i in range(6)]
             datas.insert(3, MARKER)
@@ -196,7 +200,9 @@ def test_a_dying_image_worker_costs_only_its_image():
 
     results = asyncio.run(run())
     assert [r.status for r in results] == ["ok"] * 3 + ["corrupt"] + ["ok"] * 3
-    assert "crashed" in results[3].error and results[3].sha256
+    assert results[3].sha256 and results[3].error == (
+        "an image worker crashed on this image (out of memory?)" if failure == "crash"
+        else "image processing failed: MemoryError: cannot allocate the resized image")
 
 
 def test_pool_batches_by_count_and_bytes_and_answers_each_image():
