@@ -35,6 +35,10 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+def _say_interrupted() -> None:
+    print("capcrawl: interrupted; run the same command again to resume.", file=sys.stderr)
+
+
 def _filter_config_class() -> type:
     from filter.config import FilterConfig  # imports nothing heavy until a config is built
 
@@ -145,7 +149,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     filter_cfg = None if args.no_filter else from_namespace(_filter_config_class(), args)
     result = run_pipeline(crawl_cfg, filter_cfg, shards_cfg, log_level=_scrapy_log_level(args))
     if result.code == INTERRUPTED:
-        print("capcrawl: interrupted; run the same command again to resume.", file=sys.stderr)
+        _say_interrupted()
     return result.code
 
 
@@ -185,7 +189,7 @@ def _interrupted(stats: dict) -> int:
     from .pipeline import INTERRUPTED, crawl_interrupted
 
     if crawl_interrupted(stats):
-        print("capcrawl: interrupted; run the same command again to resume.", file=sys.stderr)
+        _say_interrupted()
         return INTERRUPTED
     return 0
 
@@ -234,7 +238,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"capcrawl: error: {e}", file=sys.stderr)
         return EXIT_FRONTIER_LOST
     except KeyboardInterrupt:
-        print("capcrawl: interrupted; run the same command again to resume.", file=sys.stderr)
+        _say_interrupted()
         return 130
 
 
@@ -259,7 +263,7 @@ def run() -> None:
     if INTERRUPTS.count and code == 0:
         # The interrupt reached a callback that swallows exceptions (Python prints "Exception
         # ignored"): what ran may have missed a step; a rerun finishes it.
-        print("capcrawl: interrupted; run the same command again to resume.", file=sys.stderr)
+        _say_interrupted()
         code = 130
     gc.collect()
     gc.freeze()

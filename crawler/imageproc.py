@@ -181,27 +181,36 @@ def _unfit_size(target: tuple[int, int], opts: ImageOptions) -> tuple[Status, st
     tw, th = target
     if tw * th > opts.max_pixels:
         return Status.DECOMPRESSION_BOMB, f"resized to {tw}x{th}: {tw * th} pixels is over {opts.max_pixels} pixels"
-    s = opts.image_size
-    fw, fh = {"center_crop": (min(s, tw), min(s, th)), "border": (max(s, tw), max(s, th))}.get(opts.resize_mode, target)
+    fw, fh = _framed_size(tw, th, opts)
     limit = FORMAT_MAX_SIDE.get(opts.image_format, FORMAT_MAX_SIDE["png"])
     if max(fw, fh) > limit:
         return Status.TOO_LARGE, f"resized to {fw}x{fh}: {opts.image_format} holds at most {limit} px a side"
     return None
 
 
-def _frame(img: Image.Image, opts: ImageOptions) -> Image.Image:
-    """Crop (center_crop) or pad (border) a scaled image to the final square."""
+def _framed_size(w: int, h: int, opts: ImageOptions) -> tuple[int, int]:
+    """The final size of a w x h scaled image: center_crop cuts only a side longer than the
+    square's (a side already shorter, with --resize-only-if-bigger, stays whole rather than
+    being padded with black); border pads up to it; the other modes keep the scaled size."""
     s = opts.image_size
-    if opts.resize_mode == "center_crop" and (img.width > s or img.height > s):
-        # Only a side longer than s is cut: a side already shorter (--resize-only-if-bigger)
-        # stays whole rather than being padded with black.
-        left, top = max(0, (img.width - s) // 2), max(0, (img.height - s) // 2)
-        img = img.crop((left, top, left + min(s, img.width), top + min(s, img.height)))
-    elif opts.resize_mode == "border" and (img.width, img.height) != (s, s):
-        canvas = Image.new("RGB", (max(s, img.width), max(s, img.height)), (255, 255, 255))
-        canvas.paste(img, ((canvas.width - img.width) // 2, (canvas.height - img.height) // 2))
-        img = canvas
-    return img
+    if opts.resize_mode == "center_crop":
+        return min(s, w), min(s, h)
+    if opts.resize_mode == "border":
+        return max(s, w), max(s, h)
+    return w, h
+
+
+def _frame(img: Image.Image, opts: ImageOptions) -> Image.Image:
+    """Crop (center_crop) or pad (border) a scaled image to its final size (:func:`_framed_size`)."""
+    fw, fh = _framed_size(img.width, img.height, opts)
+    if (fw, fh) == img.size:
+        return img
+    if opts.resize_mode == "center_crop":
+        left, top = (img.width - fw) // 2, (img.height - fh) // 2
+        return img.crop((left, top, left + fw, top + fh))
+    canvas = Image.new("RGB", (fw, fh), (255, 255, 255))
+    canvas.paste(img, ((fw - img.width) // 2, (fh - img.height) // 2))
+    return canvas
 
 
 def _phash_source(decoded: Image.Image, scaled: Image.Image) -> Image.Image:
@@ -499,6 +508,11 @@ def _fail(res: ImageResult, status: Status, error: str) -> ImageResult:
     return res
 
 
+def corrupt(data: bytes, error: str) -> ImageResult:
+    """The row of an image that processing failed on in a way no check foresaw."""
+    return ImageResult(status=Status.CORRUPT.value, error=error[:500], sha256=hashlib.sha256(data).hexdigest())
+
+
 def init_worker(owner: int | None = None) -> None:
     """Worker-process start: leave Ctrl-C to the crawl process, which stops gracefully and
     still needs its workers to finish the images in flight; and end with ``owner`` (the crawl
@@ -575,5 +589,4 @@ def _process_or_report(data: bytes, opts: ImageOptions, content_type: str | None
         return process_image(data, opts, content_type)
     except Exception as e:  # an encoder's or decoder's failure that no check above foresaw
         log.warning("image processing failed: %s: %s", type(e).__name__, e)
-        res = ImageResult(status=Status.OK.value, sha256=hashlib.sha256(data).hexdigest())
-        return _fail(res, Status.CORRUPT, f"{type(e).__name__}: {e}"[:500])
+        return corrupt(data, f"{type(e).__name__}: {e}")

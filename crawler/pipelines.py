@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures as cf
-import hashlib
 import logging
 import os
 from concurrent.futures.process import BrokenProcessPool
@@ -19,7 +18,7 @@ from common.fileio import publish, temp_path
 from common.layout import list_parts, parse_part_name, part_name
 from common.records import CRAWL_COLUMNS, CRAWL_SCHEMA, Status, table_from_rows
 
-from .imageproc import ImageOptions, ImageResult, init_worker, process_batch, warm_up
+from .imageproc import ImageOptions, ImageResult, corrupt, init_worker, process_batch, warm_up
 from .stats import IMAGES
 from .upstream import widen_pool_pipes
 from .workers import worker_context
@@ -224,8 +223,8 @@ class PoolBatcher:
                 self._quarantine.shutdown(wait=False, cancel_futures=True)
                 self._quarantine = None
             except Exception as e:
-                error = f"image processing failed: {type(e).__name__}: {e}"[:500]
-        return ImageResult(status=Status.CORRUPT.value, error=error, sha256=hashlib.sha256(data).hexdigest())
+                error = f"image processing failed: {type(e).__name__}: {e}"
+        return corrupt(data, error)
 
     def submit(self, data: bytes, content_type: str | None) -> asyncio.Future:
         loop = asyncio.get_running_loop()
