@@ -2,7 +2,7 @@
 
 For the commands that process images (crawl, download, run) the image workers' fork server
 is started first, before the command-line module imports Pillow and pyarrow: the server's
-own imports (the same, plus imagehash and scipy's DCT; ~0.4 s) then overlap those and
+own imports (the same, plus simplejpeg and OpenCV; ~0.3 s) then overlap those and
 Scrapy's, and the crawl's first worker does not wait for them (~0.15 s less start-up).
 
 Its first steps make the garbage collector's young generation larger

@@ -1,8 +1,8 @@
 """What the image workers' fork server imports before it forks any worker (:mod:`crawler.workers`).
 
 Importing this module is the preload: the image code, simplejpeg and OpenCV where they are
-installed (:func:`crawler.imageproc.fast_codecs`), then imagehash and the scipy DCT that
-``imagehash.phash`` imports on its first call. It then freezes the garbage collector's view
+installed (:func:`crawler.imageproc.fast_codecs`); the pHash is numpy's (common.phash), so
+neither imagehash nor scipy is imported. It then freezes the garbage collector's view
 of everything imported (``gc.freeze``), as Python's documentation advises for a parent that
 forks without exec: collections in the workers never walk (and so never copy-on-write) the
 pages they share with the server, and the server's own exit does not walk them either.
@@ -16,12 +16,6 @@ import gc
 from crawler import imageproc
 
 imageproc.fast_codecs()
-
-try:  # workers would import them on their first pHash anyway
-    import imagehash  # noqa: F401
-    import scipy.fftpack  # noqa: F401
-except ImportError:
-    pass
 
 from crawler.workers import GC_THRESHOLD  # noqa: E402
 

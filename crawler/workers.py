@@ -1,7 +1,7 @@
 """Where image worker processes come from: a fork server that has imported the image code.
 
 Forking a worker from it costs milliseconds, where each spawned worker spent ~0.3 CPU s
-importing (Pillow, numpy, imagehash, scipy's DCT, pyarrow, ...). The server is a fresh
+importing (Pillow, numpy, simplejpeg, OpenCV, pyarrow, ...). The server is a fresh
 single-threaded process, so forking it is safe although the crawl process runs threads.
 Where there is no fork server (Windows), workers are spawned.
 """
