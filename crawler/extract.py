@@ -168,6 +168,18 @@ def _figure_license(img: etree._Element, base: str) -> tuple[str | None, str | N
     return licenses.spdx_from_url(url), url
 
 
+def _set_license(ref: ImageRef, el: etree._Element, base: str, structured: dict, info: PageInfo) -> None:
+    """An image's licence: its figure's rel=license link, else structured data naming its URL,
+    else the page's."""
+    lic, lurl = _figure_license(el, base)
+    if lurl:
+        ref.license, ref.license_url, ref.license_source = lic, lurl, "figure:a-rel"
+    elif ref.url in structured:
+        ref.license, ref.license_url, ref.license_source = structured[ref.url]
+    else:
+        ref.license, ref.license_url, ref.license_source = info.license, info.license_url, info.license_source
+
+
 def _structured_image_licenses(sel: Selector, base: str) -> dict[str, tuple[str | None, str | None, str]]:
     """Image URL -> (spdx, license url, source) from JSON-LD and microdata ImageObjects."""
     found: dict[str, tuple[str | None, str | None, str]] = {}
@@ -248,6 +260,24 @@ _CSS_BACKGROUND = re.compile(r"""background(?:-image)?\s*:((?:[^;(]|\([^)]*\))*)
 _CSS_URL = re.compile(r"""url\(\s*(['"]?)(.*?)\1\s*\)""", re.I | re.S)
 #: File names that an <object>/<embed> without a type is taken as an image for.
 _IMAGE_FILE = re.compile(r"\.(?:jpe?g|png|gif|webp|avif|bmp|tiff?|svg)(?:[?#]|$)", re.I)
+
+
+#: The path of a link to an image file: its last segment ends in a raster image extension and
+#: holds no colon (MediaWiki's ``/wiki/File:Fox.jpg`` is the file's description page).
+_LINKED_IMAGE_PATH = re.compile(r"(?:^|/)[^/:]+\.(?:jpe?g|jfif|png|gif|webp|avif|bmp|tiff?)$", re.I)
+
+
+def is_image_link(url: str) -> bool:
+    """True for a URL whose path names a raster image file (a link to it is fetched as an image)."""
+    return bool(_LINKED_IMAGE_PATH.search(urlsplit(url).path))
+
+
+def _linked_alt(link: etree._Element) -> str | None:
+    """The alt text of the one ``<img>`` a link wraps (a thumbnail names the picture it opens)."""
+    imgs = link.findall(".//img")
+    if len(imgs) == 1 and (alt := (imgs[0].get("alt") or "").strip()):
+        return alt
+    return None
 
 
 def _image_elements(sel: Selector):
@@ -397,16 +427,31 @@ def extract_page(html: str | Selector, page_url: str, agent_token: str = "capcra
             context=image_context(el, context_renderer),
             chrome=chrome_reason(el, nav_targets, base, renderer),
         )
-        lic, lurl = _figure_license(el, base)
-        if lurl:
-            ref.license, ref.license_url, ref.license_source = lic, lurl, "figure:a-rel"
-        elif url in structured:
-            ref.license, ref.license_url, ref.license_source = structured[url]
-        else:
-            ref.license, ref.license_url, ref.license_source = info.license, info.license_url, info.license_source
+        _set_license(ref, el, base, structured, info)
         info.images.append(ref)
         if el.tag == "img":
             first_img.setdefault(url, ref)
+
+    # Links to image files: a gallery's "full size" behind its thumbnail, a directory listing.
+    # Fetched as images (never followed as pages); dedup keeps the larger of a thumbnail and its
+    # original when both pass (shards.dedup: larger area first, licence and score being equal).
+    for node in sel.xpath(f"//a[@href][not({_INERT})]"):
+        el = node.root
+        url = normalise_url(base, el.get("href") or "", encoding=encoding)
+        if not url or url in seen_images or not is_image_link(url):
+            continue
+        seen_images.add(url)
+        caption = find_caption(el, renderer)
+        ref = ImageRef(
+            url=url,
+            alt=_linked_alt(el),
+            title_attr=_text(el.get("title"), ALT_CHARS),
+            figcaption=caption[0] if caption else None,
+            context=image_context(el, context_renderer, own_text=renderer.text(el, lines=False)),
+            chrome=chrome_reason(el, nav_targets, base, renderer),
+        )
+        _set_license(ref, el, base, structured, info)
+        info.images.append(ref)
 
     for og in sel.xpath("//meta[@property='og:image' or @name='og:image']/@content").getall():
         url = normalise_url(base, og, keep_unparsable=True, encoding=encoding)

@@ -165,11 +165,13 @@ def _lines(raw: str) -> list[str]:
     return [line.strip() for line in _SPACES.sub(" ", raw).split(BREAK)]
 
 
-def image_context(img: etree._Element, renderer: TextRenderer, limit: int = CONTEXT_CHARS) -> str | None:
+def image_context(img: etree._Element, renderer: TextRenderer, limit: int = CONTEXT_CHARS,
+                  own_text: str | None = None) -> str | None:
     """The text nearest to ``img``, at most ``limit`` chars; None when the page has none.
 
     1. The image's own line: the text of the inline run it sits in, within its nearest
-       block (the paragraph it is in, an icon's label): the window around the image.
+       block (the paragraph it is in, an icon's label): the window around the image, with
+       ``own_text`` in the image's place (a link's words, where a link names the image).
     2. Else the nearest lines before and after it inside that block with words in them
        (a caption below, a title above, the sibling paragraphs), joined by "\\n".
     3. Else the same one block up (the block already searched counts as empty), and so
@@ -188,6 +190,8 @@ def image_context(img: etree._Element, renderer: TextRenderer, limit: int = CONT
         if at is None:  # defensive: every element of the tree renders its mark
             return None
         before, _, after = lines[at].partition(MARK)
+        if own_text and node is img:
+            before += own_text
         if meaningful(before + after):
             spaced = before.endswith(" ") or after.startswith(" ")
             return window(before, after, " " if spaced else "", limit)

@@ -475,6 +475,71 @@ def test_a_seed_is_a_page_whatever_its_path_ends_with(tmp_path, site):
     assert site.requested("/wiki/File:Other.jpg") == 0
 
 
+def test_linked_image_files_are_fetched_as_images(tmp_path, site):
+    """A gallery's thumbnail links to its original, which is fetched too (with the thumbnail's
+    alt) and kept over the thumbnail by dedup; a link to a file is never followed as a page."""
+    big = jpeg(size=(800, 600), pattern=4)
+    buf = io.BytesIO()
+    Image.open(io.BytesIO(big)).resize((200, 150), Image.Resampling.LANCZOS).save(buf, "JPEG", quality=85)
+    thumb = buf.getvalue()
+    site.add("/", page('<p>Our gallery of harbour views.</p>'
+                       '<a href="/full/harbour.jpg" title="Open full size"><img src="/thumb/harbour.jpg" alt="The harbour at dawn"></a>'
+                       '<p>Download <a href="/files/map.png">the map</a> of the walk.</p>'
+                       '<a href="/wiki/File:Other.jpg">description page</a>'))
+    site.add("/full/harbour.jpg", big, content_type=IMG)
+    site.add("/thumb/harbour.jpg", thumb, content_type=IMG)
+    site.add("/files/map.png", png(size=(400, 300)), content_type="image/png")
+    site.add("/wiki/File:Other.jpg", page("<p>a description page</p>"))
+    run_cli("crawl", site.url("/"), "--work", str(tmp_path / "work"), "--allow-private-addresses", check=True)
+    rows = by_url(crawl_rows(tmp_path / "work"))
+    assert set(rows) == {site.url(u) for u in ("/full/harbour.jpg", "/thumb/harbour.jpg", "/files/map.png")}
+    full = rows[site.url("/full/harbour.jpg")]
+    assert full["status"] == "ok" and (full["original_width"], full["original_height"]) == (800, 600)
+    assert full["alt"] == "The harbour at dawn" and full["title_attr"] == "Open full size"
+    assert rows[site.url("/files/map.png")]["status"] == "ok" and rows[site.url("/files/map.png")]["alt"] is None
+    assert "the map" in rows[site.url("/files/map.png")]["context"]
+    assert site.requested("/wiki/File:Other.jpg") == 0 and site.requested("/full/harbour.jpg") == 1
+    run_cli("shards", "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out"), "--no-filter", check=True)
+    import pyarrow.parquet as pq
+
+    kept = pq.read_table(tmp_path / "out" / "00000.parquet").column("url").to_pylist()
+    assert site.url("/full/harbour.jpg") in kept and site.url("/thumb/harbour.jpg") not in kept
+
+
+def test_a_directory_listing_is_crawled_for_its_image_files(tmp_path):
+    """Python's own http.server lists a folder as links to its files: every image in it is a
+    row (a non-image file is not_an_image), and the listing's sub-folder is crawled too."""
+    import functools
+    import http.server
+    import threading
+
+    root = tmp_path / "www"
+    (root / "trips").mkdir(parents=True)
+    names = {"beach day.jpg": jpeg(size=(320, 240), pattern=1), "dunes.png": png(size=(300, 200)),
+             "trips/forest.jpg": jpeg(size=(300, 300), pattern=2)}
+    for name, data in names.items():
+        (root / name).write_bytes(data)
+    (root / "notes.jpg").write_bytes(b"not really a picture")
+    (root / "readme.txt").write_text("text")
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    handler = functools.partial(Quiet, directory=str(root))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}/"
+        run_cli("crawl", base, "--work", str(tmp_path / "work"), "--allow-private-addresses", check=True)
+    finally:
+        server.shutdown()
+        server.server_close()
+    rows = by_url(crawl_rows(tmp_path / "work"))
+    ok = {u for u, r in rows.items() if r["status"] == "ok"}
+    assert ok == {base + "beach%20day.jpg", base + "dunes.png", base + "trips/forest.jpg"}
+    assert rows[base + "notes.jpg"]["status"] == "not_an_image"
+
+
 @pytest.mark.parametrize("fmt", ["txt", "csv", "jsonl", "seeds"])
 def test_lists_saved_with_a_byte_order_mark_are_read(tmp_path, site, fmt):
     """Notepad and Excel's "CSV UTF-8" start a file with a BOM: it is no part of the first URL

@@ -419,3 +419,20 @@ def test_dot_segments_go_as_a_browser_drops_them():
                            "http://example.com/dir/page.html")
     assert [i.url for i in encoded.images] == [  # %2e is a dot in a dot segment, and only there
         "http://example.com/e.jpg", "http://example.com/f.jpg", "http://example.com/a/g.jpg", "http://example.com/a/x%2E/h.jpg"]
+
+
+@pytest.mark.parametrize("url, linked", [
+    ("https://a.example/full/harbour.jpg", True),
+    ("https://a.example/p/IMG_0001.JPEG?size=orig", True),  # the query names no file
+    ("https://a.example/files/scan.tif", True),
+    ("https://a.example/wiki/File:Fox.jpg", False),  # MediaWiki's description page
+    ("https://a.example/wiki/Datei:Fuchs.png", False),
+    ("https://a.example/download.php?file=a.jpg", False),
+    ("https://a.example/photos/?C=N;O=D", False),  # an autoindex sort link
+    ("https://a.example/logo.svg", False),  # not rasterised: not worth a request
+    ("https://a.example/jpg", False),
+])
+def test_which_links_name_image_files(url, linked):
+    from crawler.extract import is_image_link
+
+    assert is_image_link(url) is linked

@@ -280,6 +280,20 @@ def test_three_workers_crawl_as_one_polite_process(tmp_path, redis_server):
     assert sum(w["images_total"] for w in many["workers"].values()) == many["images_total"] == len(got)
 
 
+def test_a_cluster_crawl_takes_every_seed_as_a_page_and_fetches_linked_images(tmp_path, redis_server, site):
+    """As the one-process crawl: a seed named like a file (MediaWiki's File:X.jpg) is a page, and
+    a link to an image file is fetched as an image."""
+    site.add("/wiki/File:Sunset.jpg", page('<img src="/upload/sunset.jpg" alt="Sunset over the sea">'
+                                           '<a href="/upload/full.jpg">full size</a>'))
+    site.add("/upload/sunset.jpg", jpeg(pattern=3), content_type=IMG)
+    site.add("/upload/full.jpg", jpeg(size=(300, 200), pattern=5), content_type=IMG)
+    procs = [worker(tmp_path / "w", redis_server.url, 0, site.url("/wiki/File:Sunset.jpg"), "--allow-private-addresses")]
+    assert wait_all(procs) == [0], procs[0].stderr.read()
+    rows = by_url(crawl_rows(tmp_path / "w"))
+    assert {u: r["status"] for u, r in rows.items()} == {site.url("/upload/sunset.jpg"): "ok", site.url("/upload/full.jpg"): "ok"}
+    assert stats_of(tmp_path / "w")["complete"]
+
+
 def _chain_site(site: LocalSite, pages: int = 30, per_page: int = 5, delay: float = 0.05) -> set[str]:
     expected = set()
     for p in range(pages):

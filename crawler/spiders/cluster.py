@@ -129,7 +129,7 @@ class ClusterImagesSpider(ImagesSpider):
 
     async def _admit_seeds(self) -> None:
         cfg = self.config
-        links = [(url, True) for url in cfg.seeds if not _IMAGE_LINK.search(urlsplit(url).path)]
+        links = [(url, True) for url in cfg.seeds]  # a seed is a page, as in ImagesSpider (MediaWiki's File:X.jpg)
         await self.frontier.admit(None, -1, cfg.max_depth, cfg.max_pages, [], links)
 
     async def _work_for(self, leased: Leased) -> Any:
