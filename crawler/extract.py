@@ -153,6 +153,17 @@ def largest_candidate(*srcsets: str | None, width: int | None = None, own: int =
     return max(cands, key=lambda c: c[1])[0]
 
 
+def _lower(attr: str) -> str:
+    return f"translate({attr}, 'ABCDEFGHIJKLMNOPQRSTUVWXYZ', 'abcdefghijklmnopqrstuvwxyz')"
+
+
+#: <meta> (by property or name, any case) naming the image a page shares itself with.
+_SHARED_IMAGE_META = " or ".join(
+    f"{_lower(a)}='{n}'" for n in ("og:image", "og:image:url", "og:image:secure_url", "twitter:image", "twitter:image:src")
+    for a in ("@property", "@name")
+)
+
+
 def _has_rel(token: str) -> str:
     return f"contains(concat(' ', normalize-space(translate(@rel, 'LICENS', 'licens')), ' '), ' {token} ')"
 
@@ -284,13 +295,14 @@ def _image_elements(sel: Selector):
     """``(element, raw url, alt, title)`` of every image a browser would show, in document order.
 
     ``<img>`` (srcset, ``<picture>`` and lazy-loading attributes read), SVG ``<image>``,
-    ``<object>``/``<embed>`` of an image type or file name, and inline-style CSS backgrounds;
+    ``<object>``/``<embed>`` of an image type or file name, ``<video>`` posters and
+    inline-style CSS backgrounds;
     nothing inside ``<template>``. Only an ``<img>`` has alt text.
     """
     query = (
         f"//img[not({_INERT})]"
         f" | //*[local-name()='image'][not({_INERT})]"
-        f" | //object[@data][not({_INERT})] | //embed[@src][not({_INERT})]"
+        f" | //object[@data][not({_INERT})] | //embed[@src][not({_INERT})] | //video[@poster][not({_INERT})]"
         f" | //*[@style][contains(translate(@style, 'URL', 'url'), 'url(')][not({_INERT})]"
     )
     for node in sel.xpath(query):
@@ -302,6 +314,8 @@ def _image_elements(sel: Selector):
         elif tag == "image" or tag.endswith(":image"):
             href = el.get("href") or next((v for k, v in el.attrib.items() if k.endswith("href")), None)
             yield el, (href or "").strip() or None, None, title
+        elif tag == "video":  # its poster frame: the picture shown until it plays
+            yield el, (el.get("poster") or "").strip() or None, None, title
         elif tag in ("object", "embed"):
             raw = (el.get("data") if tag == "object" else el.get("src")) or ""
             kind = (el.get("type") or "").strip().lower()
@@ -453,7 +467,10 @@ def extract_page(html: str | Selector, page_url: str, agent_token: str = "capcra
         _set_license(ref, el, base, structured, info)
         info.images.append(ref)
 
-    for og in sel.xpath("//meta[@property='og:image' or @name='og:image']/@content").getall():
+    # The image a page shares itself with: Open Graph (og:image, og:image:url/secure_url), X's
+    # twitter:image (often the same URL) and the older <link rel="image_src">.
+    shared = sel.xpath(f"//meta[{_SHARED_IMAGE_META}]/@content | //link[{_has_rel('image_src')}]/@href").getall()
+    for og in shared:
         url = normalise_url(base, og, keep_unparsable=True, encoding=encoding)
         if url and all(url != i.url for i in info.images):
             lic = structured.get(url, (info.license, info.license_url, info.license_source))

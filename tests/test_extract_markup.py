@@ -662,3 +662,24 @@ def test_lazy_placeholders_never_win_and_noscript_alt_reaches_the_lazy_image():
     info = extract_page(f"<html><body>{body}</body></html>", PAGE)
     names = [(r.url.rsplit("/", 1)[-1], r.alt) for r in info.images]
     assert names == [("p34.jpg", None), ("q2.jpg", None), ("cat.jpg", "A cat on a wall"), ("cat.jpg", "A cat on a wall")]
+
+
+def test_video_posters_shared_images_and_linked_files_are_images():
+    """A <video>'s poster frame, the image a page shares itself with (Open Graph, X's
+    twitter:image, rel=image_src; each URL once) and a link to an image file are all images;
+    a link wrapping a thumbnail takes the thumbnail's alt and the link's own words."""
+    head = ('<meta property="og:image" content="/share/og.jpg"><meta name="twitter:image" content="/share/og.jpg">'
+            '<meta name="Twitter:Image" content="/share/tw.jpg"><meta property="og:image:secure_url" content="/share/sec.jpg">'
+            '<link rel="image_src" href="/share/src.jpg">')
+    body = ('<p>Launch day <video poster="/v/poster.jpg" src="/v/launch.mp4"></video> on the pad.</p>'
+            '<a href="/full/rocket.jpg"><img src="/thumb/rocket.jpg" alt="The rocket on its pad"></a>'
+            '<p>See <a href="/files/map.png" title="Site map">the site map</a> for directions.</p>'
+            '<a href="/thumb/rocket.jpg">same file as the thumbnail</a><a href="/wiki/File:Rocket.jpg">file page</a>')
+    info = extract_page(f"<html><head>{head}</head><body>{body}</body></html>", PAGE)
+    by_path = {r.url.split("/", 3)[-1]: r for r in info.images}
+    assert list(by_path) == ["v/poster.jpg", "thumb/rocket.jpg", "full/rocket.jpg", "files/map.png",
+                             "share/og.jpg", "share/tw.jpg", "share/sec.jpg", "share/src.jpg"]
+    assert by_path["v/poster.jpg"].alt is None and by_path["v/poster.jpg"].context == "Launch day on the pad."
+    assert by_path["full/rocket.jpg"].alt == "The rocket on its pad"
+    linked = by_path["files/map.png"]
+    assert linked.alt is None and linked.title_attr == "Site map" and linked.context == "See the site map for directions."
