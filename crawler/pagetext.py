@@ -85,10 +85,12 @@ class TextRenderer:
     _cache: dict[etree._Element, str] = field(default_factory=dict)
 
     def raw(self, el: etree._Element, mark: etree._Element | None = None,
-            path: frozenset[etree._Element] = frozenset()) -> str:
+            path: frozenset[etree._Element] = frozenset(), pre: bool = False) -> str:
         """Rendered text of ``el``; ``mark`` (a descendant) is replaced by ``MARK``.
 
         ``path`` holds the ancestors of ``mark``, which are rendered afresh (not cached).
+        Inside ``<pre>`` (``pre``) a newline is a line break, as a browser shows it: a
+        directory listing's or a table-like ``<pre>``'s entries are lines of their own.
         """
         if el is mark:
             return (BREAK + MARK + BREAK) if is_block(el) else MARK
@@ -102,11 +104,12 @@ class TextRenderer:
         if tag == "br" or (self.blank_figures and el not in path and is_image_figure(el)):
             out = BREAK
         else:
-            parts = [_WS.sub(" ", el.text) if el.text else ""]
+            pre = pre or tag == "pre"
+            parts = [_spaces(el.text, pre) if el.text else ""]
             for child in el:
-                parts.append(self.raw(child, mark, path))
+                parts.append(self.raw(child, mark, path, pre))
                 if child.tail:
-                    parts.append(_WS.sub(" ", child.tail))
+                    parts.append(_spaces(child.tail, pre))
             out = "".join(parts)
             if tag in BLOCK_TAGS:
                 out = BREAK + out + BREAK
@@ -117,6 +120,13 @@ class TextRenderer:
     def text(self, el: etree._Element, lines: bool = True) -> str | None:
         """Rendered text of ``el``: lines joined by "\\n" (or by spaces with ``lines=False``)."""
         return finish(self.raw(el), lines)
+
+
+def _spaces(text: str, pre: bool) -> str:
+    """Whitespace runs as one space; inside ``<pre>``, newlines kept as line breaks."""
+    if pre and "\n" in text:
+        return BREAK.join(_WS.sub(" ", line) for line in text.split("\n"))
+    return _WS.sub(" ", text)
 
 
 def finish(raw: str, lines: bool = True) -> str | None:

@@ -683,3 +683,15 @@ def test_video_posters_shared_images_and_linked_files_are_images():
     assert by_path["full/rocket.jpg"].alt == "The rocket on its pad"
     linked = by_path["files/map.png"]
     assert linked.alt is None and linked.title_attr == "Site map" and linked.context == "See the site map for directions."
+
+
+def test_a_directory_listing_in_pre_gives_each_file_its_own_line():
+    """nginx's autoindex: one <pre>, a line per file. A newline in <pre> is a line break, so
+    each file's context is its own line, not the whole listing."""
+    listing = ('<h1>Index of /</h1><hr><pre><a href="../">../</a>\n'
+               '<a href="sub/">sub/</a>                      02-Dec-2026 11:41       -\n'
+               '<a href="a%20b.jpg">a b.jpg</a>                   02-Dec-2026 11:41   37200\n'
+               '<a href="c.png">c.png</a>                     02-Dec-2026 11:41  180457\n</pre><hr>')
+    info = extract_page(f"<html><head><title>Index of /</title></head><body>{listing}</body></html>", PAGE)
+    assert [(r.url.rsplit("/", 1)[-1], r.context) for r in info.images] == [
+        ("a%20b.jpg", "a b.jpg 02-Dec-2026 11:41 37200"), ("c.png", "c.png 02-Dec-2026 11:41 180457")]
