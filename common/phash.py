@@ -65,10 +65,11 @@ def perceptual_hash(img: "PIL.Image.Image") -> str:  # noqa: F821 - PIL imported
 
     The hash of that copy is imagehash.phash's (the 8x8 lowest frequencies of its 2-D DCT-II,
     a bit set where one is above their median, bits in row order), computed here with two small
-    matrix products in exact integer arithmetic (:data:`_DCT_ROWS_A`): 20 us against imagehash's
-    130 us and its scipy import (0.2 s a process). Its cosines are rounded to 18 and 16 bits, so
-    a coefficient within ~1e-5 of the median can fall on the other side: tests/test_phash.py
-    counts how often the two differ (bench/README.md gives the figure).
+    matrix products in exact integer arithmetic (:data:`_DCT_ROWS_A`): ~28 us against
+    imagehash's 130-170 us and its scipy import (0.2-0.5 CPU s a process). Its cosines are
+    rounded to 18 and 16 bits, so a coefficient within ~1e-5 (relative) of the median can fall
+    on the other side: tests/test_extract.py counts how often the two differ (bench/README.md
+    gives the figure).
     """
     from PIL import Image
 
