@@ -50,8 +50,9 @@ def _phash_bits(grey32: np.ndarray) -> str:
     """imagehash.phash's rule on a 32x32 grey array: 8x8 low DCT frequencies above their median."""
     low = (_DCT_ROWS_A @ grey32.astype(np.float64)) @ _DCT_COLS_B  # [vertical k, horizontal l]
     flat = low.ravel()
-    mid = np.partition(flat, (31, 32))
-    return np.packbits(2.0 * flat > mid[31] + mid[32]).tobytes().hex()  # 2x > a + b: exact median test
+    half = flat.size // 2  # the median of 64 values is the mean of the 32nd and 33rd smallest
+    mid = np.partition(flat, (half - 1, half))
+    return np.packbits(2.0 * flat > mid[half - 1] + mid[half]).tobytes().hex()  # 2x > a + b: exact
 
 
 def perceptual_hash(img: "PIL.Image.Image") -> str:  # noqa: F821 - PIL imported lazily

@@ -395,8 +395,7 @@ def extract_page(html: str | Selector, page_url: str, agent_token: str = "capcra
     info = PageInfo(title=_text(sel.xpath("//title/text()").get()))
 
     metas = sel.xpath(
-        "//meta[translate(@name, 'ROBTS', 'robts')='robots' or translate(@name, 'ABCDEFGHIJKLMNOPQRSTUVWXYZ', "
-        f"'abcdefghijklmnopqrstuvwxyz')='{agent_token.lower()}']/@content"
+        f"//meta[translate(@name, 'ROBTS', 'robts')='robots' or {_lower('@name')}='{agent_token.lower()}']/@content"
     ).getall()
     info.opt_out = opt_out_in(metas)
 
@@ -415,6 +414,21 @@ def extract_page(html: str | Selector, page_url: str, agent_token: str = "capcra
     found = list(_image_elements(sel))
     # A CSS or <object> copy of an <img> adds nothing, wherever it stands: the <img> has the alt.
     img_urls = {normalise_url(base, raw, encoding=encoding) for el, raw, _, _ in found if el.tag == "img" and raw}
+
+    def image_ref(el: etree._Element, url: str, alt: str | None, title: str | None,
+                  caption: tuple[str, str] | None, own_text: str | None = None) -> ImageRef:
+        """The row of one image found at ``el``: its texts cleaned and cut, its licence."""
+        ref = ImageRef(
+            url=url,
+            alt=None if alt is None else clean_text(alt, ALT_CHARS),
+            title_attr=_text(title, ALT_CHARS),
+            figcaption=caption[0] if caption else None,
+            context=image_context(el, context_renderer, own_text=own_text),
+            chrome=chrome_reason(el, nav_targets, base, renderer),
+        )
+        _set_license(ref, el, base, structured, info)
+        return ref
+
     seen_images: set[str] = set()
     first_img: dict[str, ImageRef] = {}
     for el, raw, alt, title in found:
@@ -433,15 +447,7 @@ def extract_page(html: str | Selector, page_url: str, agent_token: str = "capcra
                 earlier.alt = clean_text(alt, ALT_CHARS)
             earlier.title_attr = earlier.title_attr or _text(title, ALT_CHARS)
             earlier.figcaption = earlier.figcaption or (caption[0] if caption else None)
-        ref = ImageRef(
-            url=url,
-            alt=None if alt is None else clean_text(alt, ALT_CHARS),
-            title_attr=_text(title, ALT_CHARS),
-            figcaption=caption[0] if caption else None,
-            context=image_context(el, context_renderer),
-            chrome=chrome_reason(el, nav_targets, base, renderer),
-        )
-        _set_license(ref, el, base, structured, info)
+        ref = image_ref(el, url, alt, title, caption)
         info.images.append(ref)
         if el.tag == "img":
             first_img.setdefault(url, ref)
@@ -455,24 +461,16 @@ def extract_page(html: str | Selector, page_url: str, agent_token: str = "capcra
         if not url or url in seen_images or not is_image_link(url):
             continue
         seen_images.add(url)
-        caption = find_caption(el, renderer)
-        ref = ImageRef(
-            url=url,
-            alt=_linked_alt(el),
-            title_attr=_text(el.get("title"), ALT_CHARS),
-            figcaption=caption[0] if caption else None,
-            context=image_context(el, context_renderer, own_text=renderer.text(el, lines=False)),
-            chrome=chrome_reason(el, nav_targets, base, renderer),
-        )
-        _set_license(ref, el, base, structured, info)
-        info.images.append(ref)
+        info.images.append(image_ref(el, url, _linked_alt(el), el.get("title"), find_caption(el, renderer),
+                                     own_text=renderer.text(el, lines=False)))
 
     # The image a page shares itself with: Open Graph (og:image, og:image:url/secure_url), X's
     # twitter:image (often the same URL) and the older <link rel="image_src">.
     shared = sel.xpath(f"//meta[{_SHARED_IMAGE_META}]/@content | //link[{_has_rel('image_src')}]/@href").getall()
     for og in shared:
         url = normalise_url(base, og, keep_unparsable=True, encoding=encoding)
-        if url and all(url != i.url for i in info.images):
+        if url and url not in seen_images:  # every image taken above is in it
+            seen_images.add(url)
             lic = structured.get(url, (info.license, info.license_url, info.license_source))
             desc = _text(sel.xpath("//meta[@property='og:description']/@content").get(), CONTEXT_CHARS)
             info.images.append(ImageRef(url=url, context=desc, license=lic[0], license_url=lic[1], license_source=lic[2]))

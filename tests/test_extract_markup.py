@@ -672,7 +672,7 @@ def test_video_posters_shared_images_and_linked_files_are_images():
             '<meta name="Twitter:Image" content="/share/tw.jpg"><meta property="og:image:secure_url" content="/share/sec.jpg">'
             '<link rel="image_src" href="/share/src.jpg">')
     body = ('<p>Launch day <video poster="/v/poster.jpg" src="/v/launch.mp4"></video> on the pad.</p>'
-            '<a href="/full/rocket.jpg"><img src="/thumb/rocket.jpg" alt="The rocket on its pad"></a>'
+            '<a href="/full/rocket.jpg"><img src="/thumb/rocket.jpg" alt=" The rocket\n  on its pad "></a>'
             '<p>See <a href="/files/map.png" title="Site map">the site map</a> for directions.</p>'
             '<a href="/thumb/rocket.jpg">same file as the thumbnail</a><a href="/wiki/File:Rocket.jpg">file page</a>')
     info = extract_page(f"<html><head>{head}</head><body>{body}</body></html>", PAGE)
